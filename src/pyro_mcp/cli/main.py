@@ -1,0 +1,55 @@
+"""`pyro`: parse, call one SDK method, format. Errors become `[error] …` and exit 1; usage, 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from pyro_mcp import __version__
+from pyro_mcp.cli import doctor as doctor_cmd
+from pyro_mcp.cli import env as env_cmd
+from pyro_mcp.cli import runtime as runtime_cmd
+from pyro_mcp.cli.output import EXIT_ERROR, EXIT_USAGE, report_error
+from pyro_mcp.errors import PyroError, SystemFault
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro",
+        description="Run commands for AI agents inside disposable Linux microVMs.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyro-mcp {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    env_cmd.register(commands)
+    doctor_cmd.register(commands)
+    runtime_cmd.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # argparse already printed the usage message
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Handler = args.handler
+    as_json = bool(getattr(args, "json", False))
+    try:
+        return handler(args)
+    except PyroError as error:
+        return report_error(error, as_json)
+    except KeyboardInterrupt:
+        sys.stderr.write("[error] interrupted\n")
+        return 130
+    except OSError as exc:  # the host said no (permissions, disk full, …): still no traceback
+        return report_error(SystemFault(f"host error: {exc}"), as_json)
+    except BrokenPipeError:  # pragma: no cover - reader went away
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""Framing and request-parameter rules of the guest protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import threading
+
+import pytest
+
+from pyro_mcp.guest import protocol
+from pyro_mcp.guest.protocol import Frame, FrameError, FrameReader, encode_frame
+
+
+class Trickle:
+    """A byte source that hands out at most `step` bytes per read, like a slow socket."""
+
+    def __init__(self, data: bytes, step: int = 1) -> None:
+        self.data, self.step = data, step
+
+    def recv_into(self, buffer: memoryview) -> int:
+        size = min(self.step, len(buffer), len(self.data))
+        buffer[:size] = self.data[:size]
+        self.data = self.data[size:]
+        return size
+
+
+def raw_frame(header: bytes, body: bytes = b"") -> bytes:
+    return struct.pack(">II", len(header), len(body)) + header + body
+
+
+def read_all(data: bytes, step: int = 1 << 20) -> list[Frame]:
+    reader = FrameReader(Trickle(data, step))
+    frames = []
+    while (frame := reader.read_frame()) is not None:
+        frames.append(frame)
+    return frames
+
+
+SAMPLES = [
+    (protocol.req_header(1, "exec", {"argv": ["echo", "ünïcode"], "timeout": 5}), b""),
+    (protocol.out_header(1, "stdout"), b"\x00\xffbinary\n"),
+    (protocol.out_header(1, "stderr"), b"x" * protocol.MAX_BODY_BYTES),
+    (protocol.ok_header(1, {"exit_code": 0}), b""),
+    (protocol.error_header(2, protocol.ERR_UNKNOWN_OP, "nope"), b""),
+    (protocol.error_header(0, protocol.ERR_PROTOCOL, "connection-level"), b""),
+    (protocol.cancel_header(3), b""),
+]
+
+
+def test_round_trip_over_a_socket() -> None:
+    left, right = socket.socketpair()
+    data = b"".join(encode_frame(h, b) for h, b in SAMPLES)
+
+    def write() -> None:
+        with right:
+            right.sendall(data)
+
+    # More than a socket buffer holds: write from another thread while this one reads.
+    writer = threading.Thread(target=write)
+    with left:
+        writer.start()
+        reader = FrameReader(left)
+        got = [reader.read_frame() for _ in SAMPLES]
+        assert reader.read_frame() is None
+        writer.join()
+    assert [(f.header, f.body) for f in got if f] == SAMPLES
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 4096])
+def test_partial_reads_reassemble(step: int) -> None:
+    frames = SAMPLES[:2] + SAMPLES[3:]
+    data = b"".join(encode_frame(h, b) for h, b in frames)
+    got = read_all(data, step)
+    assert [(f.header, f.body) for f in got] == frames
+    assert got[0].id == 1 and got[0].type == "req"
+
+
+def test_reads_from_a_raw_file() -> None:
+    read_fd, write_fd = os.pipe()
+    with open(read_fd, "rb", buffering=0) as source:
+        os.write(write_fd, encode_frame(protocol.cancel_header(9)))
+        os.close(write_fd)
+        reader = FrameReader(source)
+        frame = reader.read_frame()
+        assert frame is not None and frame.header == {"id": 9, "t": "cancel"}
+        assert reader.read_frame() is None
+
+
+def test_reader_needs_a_readable_source() -> None:
+    with pytest.raises(TypeError):
+        FrameReader(object())
+
+
+@pytest.mark.parametrize("cut", [3, protocol.PREFIX_SIZE, protocol.PREFIX_SIZE + 5])
+def test_end_of_stream_inside_a_frame_is_an_error(cut: int) -> None:
+    data = encode_frame(*SAMPLES[1])
+    with pytest.raises(FrameError, match="closed inside"):
+        read_all(data[:cut])
+
+
+def test_oversized_lengths_are_refused_before_reading_them() -> None:
+    huge_header = struct.pack(">II", protocol.MAX_HEADER_BYTES + 1, 0)
+    with pytest.raises(FrameError, match="header"):
+        read_all(huge_header)
+    huge_body = struct.pack(">II", 2, protocol.MAX_BODY_BYTES + 1)
+    with pytest.raises(FrameError, match="body"):
+        read_all(huge_body)
+
+
+def test_encode_enforces_limits() -> None:
+    with pytest.raises(FrameError, match="body"):
+        encode_frame(protocol.out_header(1, "stdout"), b"x" * (protocol.MAX_BODY_BYTES + 1))
+    big = protocol.ok_header(1, {"text": "x" * protocol.MAX_HEADER_BYTES})
+    with pytest.raises(FrameError, match="header"):
+        encode_frame(big)
+    with pytest.raises(FrameError, match="encoded"):
+        encode_frame(protocol.ok_header(1, {"x": float("nan")}))
+    with pytest.raises(FrameError, match="encoded"):
+        encode_frame(protocol.ok_header(1, {"x": object()}))
+
+
+BAD_HEADERS = [
+    b"[]",
+    b"not json",
+    b"\xff\xfe",
+    b'{"id": NaN, "t": "cancel"}',
+    b'{"t": "cancel"}',
+    b'{"id": true, "t": "cancel"}',
+    b'{"id": -1, "t": "cancel"}',
+    b'{"id": 1, "t": "bogus"}',
+    b'{"id": 0, "t": "req", "op": "ping"}',
+    b'{"id": 1, "t": "req"}',
+    b'{"id": 1, "t": "req", "op": "ping", "params": []}',
+    b'{"id": 1, "t": "out", "stream": "stdin"}',
+    b'{"id": 1, "t": "res"}',
+    b'{"id": 1, "t": "res", "ok": true}',
+    b'{"id": 1, "t": "res", "ok": false, "error": {"code": 1, "message": "x"}}',
+    b"[" * 60000,
+    b'{"id": 1' + b"0" * 5000 + b', "t": "cancel"}',
+]
+
+
+@pytest.mark.parametrize("header", BAD_HEADERS)
+def test_malformed_headers_are_frame_errors(header: bytes) -> None:
+    with pytest.raises(FrameError):
+        read_all(raw_frame(header))
+
+
+def test_header_is_compact_utf8_json() -> None:
+    data = encode_frame(protocol.req_header(5, "exec", {"command": "é"}))
+    header_len, body_len = struct.unpack(">II", data[:8])
+    assert body_len == 0
+    assert json.loads(data[8 : 8 + header_len].decode()) == {
+        "id": 5,
+        "t": "req",
+        "op": "exec",
+        "params": {"command": "é"},
+    }
+    assert "é".encode() in data
+
+
+# --- request parameters ---------------------------------------------------------------------
+
+
+def test_parse_exec_argv_and_defaults() -> None:
+    spec = protocol.parse_exec({"argv": ["ls", "-l"], "timeout": 3})
+    assert spec.argv == ["ls", "-l"]
+    assert spec.env == protocol.DEFAULT_EXEC_ENV
+    assert (spec.cwd, spec.timeout, spec.max_output, spec.stream) == (
+        "/",
+        3.0,
+        protocol.DEFAULT_MAX_OUTPUT,
+        False,
+    )
+
+
+def test_parse_exec_command_env_and_cwd() -> None:
+    spec = protocol.parse_exec(
+        {"command": "echo hi", "timeout": 0.5, "env": {"A": "1", "PATH": "/x"}, "cwd": "/tmp"}
+    )
+    assert spec.argv == ["/bin/sh", "-lc", "echo hi"]
+    assert spec.env["A"] == "1" and spec.env["PATH"] == "/x" and spec.env["HOME"] == "/root"
+    assert spec.cwd == "/tmp"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"timeout": 1},
+        {"argv": ["a"], "command": "a", "timeout": 1},
+        {"argv": [], "timeout": 1},
+        {"argv": "ls", "timeout": 1},
+        {"argv": ["a\0b"], "timeout": 1},
+        {"command": "", "timeout": 1},
+        {"argv": ["ls"]},
+        {"argv": ["ls"], "timeout": 0},
+        {"argv": ["ls"], "timeout": True},
+        {"argv": ["ls"], "timeout": float("inf")},
+        {"argv": ["ls"], "timeout": 1, "cwd": "relative"},
+        {"argv": ["ls"], "timeout": 1, "env": {"A=B": "x"}},
+        {"argv": ["ls"], "timeout": 1, "env": {"A": 1}},
+        {"argv": ["ls"], "timeout": 1, "max_output": -1},
+        {"argv": ["ls"], "timeout": 1, "max_output": protocol.MAX_OUTPUT_LIMIT + 1},
+        {"argv": ["ls"], "timeout": 1, "stream": "yes"},
+        {"argv": ["ls"], "timeout": 1, "shell": True},
+    ],
+)
+def test_parse_exec_rejects(params: dict[str, object]) -> None:
+    with pytest.raises(protocol.ParamError):
+        protocol.parse_exec(params)
+
+
+def test_parse_configure() -> None:
+    ident = protocol.parse_configure(
+        {"hostname": "vm-1.local", "machine_id": "ab" * 16, "time_ns": 5, "entropy": "AAEC"}
+    )
+    assert ident == protocol.Identity("vm-1.local", "ab" * 16, 5, b"\x00\x01\x02")
+    assert protocol.parse_configure({}) == protocol.Identity()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"hostname": "-bad"},
+        {"hostname": "a" * 64},
+        {"hostname": "a b"},
+        {"machine_id": "AB" * 16},
+        {"machine_id": "ab"},
+        {"time_ns": -1},
+        {"time_ns": 1.5},
+        {"entropy": "***"},
+        {"entropy": ""},
+        {"entropy": 5},
+        {"colour": "blue"},
+    ],
+)
+def test_parse_configure_rejects(params: dict[str, object]) -> None:
+    with pytest.raises(protocol.ParamError):
+        protocol.parse_configure(params)
