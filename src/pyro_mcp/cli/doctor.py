@@ -28,8 +28,10 @@ def _render(report: dict[str, Any]) -> None:
     kvm, backend = report["kvm"], report["backend"]
     print(f"Platform: {report['platform']}")
     print(f"Backend: {backend['selected'] or 'NONE'} ({backend['reason']})")
-    print(f"KVM: exists={_yes(kvm['exists'])} readable={_yes(kvm['readable'])} "
-          f"writable={_yes(kvm['writable'])} hypervisor={kvm['hypervisor'] or 'none'}")  # fmt: skip
+    print(
+        f"KVM: exists={_yes(kvm['exists'])} readable={_yes(kvm['readable'])} "
+        f"writable={_yes(kvm['writable'])} hypervisor={kvm['hypervisor'] or 'none'}"
+    )
     print(f"  usable for a stock guest kernel: {_yes(kvm['usable'])} ({kvm['reason']})")
     probes = report["boot_probes"]
     for accel in ("kvm", "tcg"):
@@ -44,16 +46,22 @@ def _render(report: dict[str, Any]) -> None:
     fc_line = f"{fc['path']} v{fc['version']} ({fc['source']})" if fc["path"] else "not installed"
     print(f"Firecracker: {fc_line}")
     build = report["image_build"]
-    print("Image build tools: " + ", ".join(f"{k}={'ok' if v else 'MISSING'}"
-                                            for k, v in build["tools"].items()))  # fmt: skip
+    print(
+        "Image build tools: "
+        + ", ".join(f"{k}={'ok' if v else 'MISSING'}" for k, v in build["tools"].items())
+    )
     for key, info in report["directories"].items():
         free = info["free_bytes"] / (1 << 30)
-        print(f"{key.title()} dir: {info['path']} mode={info['mode']} "
-              f"writable={_yes(info['writable'])} free={free:.1f} GiB")  # fmt: skip
+        print(
+            f"{key.title()} dir: {info['path']} mode={info['mode']} "
+            f"writable={_yes(info['writable'])} free={free:.1f} GiB"
+        )
     net = report["networking"]
     forward = _yes(net["ip_forward_enabled"])
-    print(f"Networking: tun={_yes(net['tun_available'])} ip={net['ip_binary'] or 'missing'} "
-          f"nft={net['nft_binary'] or 'missing'} ip_forward={forward}")  # fmt: skip
+    print(
+        f"Networking: tun={_yes(net['tun_available'])} ip={net['ip_binary'] or 'missing'} "
+        f"nft={net['nft_binary'] or 'missing'} ip_forward={forward}"
+    )
     installed = [e["name"] for e in report["environments"] if e["installed"]]
     print(f"Environments installed: {', '.join(installed) or 'none'}")
     print("Issues:" if report["issues"] else "Issues: none")

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -31,16 +32,26 @@ from pyro_mcp.errors import IntegrityError
 
 MANIFEST_SCHEMA = 1
 ARTIFACTS = ("kernel", "initramfs", "rootfs")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def is_digest(value: object) -> bool:
+    """A lowercase hex sha256: the only thing a record may name a blob by (no paths)."""
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with tmp.open("w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -98,10 +109,17 @@ class EnvironmentStore:
         artifacts = data.get("artifacts")
         if not isinstance(artifacts, dict) or set(artifacts) != set(ARTIFACTS):
             return None
+        if not all(isinstance(a, dict) and is_digest(a.get("sha256")) for a in artifacts.values()):
+            return None
         return data
 
     def kernel_record(self) -> dict[str, Any] | None:
-        return _read_json(self.kernel_record_path)
+        data = _read_json(self.kernel_record_path)
+        if data is None or not (
+            is_digest(data.get("vmlinux")) and is_digest(data.get("initramfs_base"))
+        ):
+            return None
+        return data
 
     def write_manifest(self, env: catalog.Environment, manifest: dict[str, Any]) -> None:
         write_json_atomic(self.manifest_path(env), manifest)
@@ -164,7 +182,7 @@ class EnvironmentStore:
                 refs |= {str(manifest["artifacts"][n]["sha256"]) for n in ARTIFACTS}
         record = self.kernel_record()
         if record is not None:
-            refs |= {str(record.get("vmlinux")), str(record.get("initramfs_base"))}
+            refs |= {str(record["vmlinux"]), str(record["initramfs_base"])}
         return refs
 
     def collect_garbage(self) -> list[str]:

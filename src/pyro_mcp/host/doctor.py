@@ -101,8 +101,9 @@ def _image_build() -> dict[str, Any]:
     return {"tools": found, "root": os.geteuid() == 0, "ok": all(found.values())}
 
 
-def _probes(env_service: EnvironmentService, qemu: dict[str, Any], kvm: dict[str, Any],
-            run: bool) -> dict[str, Any]:  # fmt: skip
+def _probes(
+    env_service: EnvironmentService, qemu: dict[str, Any], kvm: dict[str, Any], run: bool
+) -> dict[str, Any]:
     """Boot-probe the cached default kernel with KVM (and TCG), when both exist."""
     result: dict[str, Any] = {"kvm": None, "tcg": None, "skipped": None}
     manifest = env_service.store.manifest(catalog.get(catalog.DEFAULT_ENVIRONMENT))
@@ -120,8 +121,14 @@ def _probes(env_service: EnvironmentService, qemu: dict[str, Any], kvm: dict[str
             continue
         outcome: probe.ProbeResult | None
         if run:
-            outcome = probe.boot_probe(qemu["path"], qemu["version"] or "?", accel,
-                                       found["kernel"], found["initramfs"], sha)  # fmt: skip
+            outcome = probe.boot_probe(
+                qemu["path"],
+                qemu["version"] or "?",
+                accel,
+                found["kernel"],
+                found["initramfs"],
+                sha,
+            )
         else:
             outcome = probe.cached_probe(accel, sha, qemu["version"] or "?")
         result[accel] = outcome.to_dict() if outcome else None
@@ -146,8 +153,9 @@ def _kvm_verdict(kvm: dict[str, Any], probes: dict[str, Any]) -> tuple[bool | No
     return None, "not probed yet: " + (probes["skipped"] or "run `pyro doctor`")
 
 
-def _backend(kvm_ok: bool | None, qemu: dict[str, Any], fc: dict[str, Any],
-             probes: dict[str, Any]) -> tuple[str | None, str]:  # fmt: skip
+def _backend(
+    kvm_ok: bool | None, qemu: dict[str, Any], fc: dict[str, Any], probes: dict[str, Any]
+) -> tuple[str | None, str]:
     if kvm_ok and fc["path"]:
         return "firecracker", "KVM runs a stock guest kernel and Firecracker is installed"
     if kvm_ok and qemu["path"]:

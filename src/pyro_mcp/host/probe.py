@@ -3,7 +3,7 @@
 A stock kernel under a nested PVM hypervisor does not fail fast: it crawls for about a minute
 before dying. So the probe boots the real kernel and initramfs with `pyro.probe=1`, where the
 init prints a marker and reboots at once, and gives up after a short deadline. Results are
-cached per host kernel, QEMU version and guest kernel digest.
+cached (in the cache directory) per host kernel, QEMU version and guest kernel digest.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def _run_probe(command: list[str], deadline: float) -> tuple[bool, str]:
 def _cache_path(accel: str, kernel_sha: str, qemu_version: str) -> Path:
     host = platform.release()
     name = f"{accel}-{host}-{qemu_version}-{kernel_sha[:16]}.json"
-    return paths.state_dir() / "probes" / name.replace("/", "_")
+    return paths.cache_dir() / "probes" / name.replace("/", "_")
 
 
 def cached_probe(accel: str, kernel_sha: str, qemu_version: str) -> ProbeResult | None:
@@ -128,7 +128,6 @@ def boot_probe(
         probed_at=time.time(),
     )
     path = _cache_path(accel, kernel_sha, qemu_version)
-    paths.ensure_private_dir(paths.state_dir())
-    paths.ensure_private_dir(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result.to_dict()))
     return result

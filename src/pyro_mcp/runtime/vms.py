@@ -1,0 +1,354 @@
+"""VM lifecycle with the public contract's parameters, defaults and result keys.
+
+A VM record lives in the state store; a started VM is a supervisor process that owns the VMM.
+Every call reconciles the record it touches: a started VM whose supervisor is gone is shown
+as `stopped` with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp import paths
+from pyro_mcp.environments.service import EnvironmentService
+from pyro_mcp.errors import InvalidArgumentError, NotFoundError, WrongStateError
+from pyro_mcp.guest.client import ExecResult
+from pyro_mcp.host.process import ProcessRef
+from pyro_mcp.runtime import backends, launch
+from pyro_mcp.state.store import StateStore
+from pyro_mcp.supervisor.config import SupervisorConfig
+from pyro_mcp.supervisor.main import remove_vm_files
+from pyro_mcp.vmm.base import VmSpec
+
+LIMITS = {
+    "vcpu_count": (1, 8),
+    "mem_mib": (256, 32768),
+    "ttl_seconds": (60, 86400),
+    "timeout_seconds": (1, 86400),
+}
+BOOT_TIMEOUT = {"tcg": 180.0, "kvm": 60.0}
+OutputCallback = Callable[[str, bytes], None]
+Command = str | Sequence[str]
+
+
+def check_range(name: str, value: Any) -> int:
+    low, high = LIMITS[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InvalidArgumentError(
+            f"{name} must be between {low} and {high}, got {value!r}",
+            hint=f"pass {name}= within that range",
+        )
+    return int(value)
+
+
+def _argv_and_text(command: Command) -> tuple[list[str] | None, str | None, str]:
+    """(argv, shell string, display text): a string runs through `sh -lc`, a list as is."""
+    if isinstance(command, str):
+        if not command.strip():
+            raise InvalidArgumentError("command is empty", hint="pass the command to run")
+        return None, command, command
+    argv = list(command)
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise InvalidArgumentError("command must be a non-empty string or list of strings")
+    import shlex
+
+    return argv, None, shlex.join(argv)
+
+
+class VmService:
+    def __init__(self, envs: EnvironmentService, store: StateStore | None = None) -> None:
+        self.envs = envs
+        self.store = store or StateStore()
+
+    # --- records ---------------------------------------------------------------------------
+
+    def _view(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "vm_id": row["vm_id"],
+            "environment": row["environment"],
+            "environment_version": row["environment_version"],
+            "vcpu_count": row["vcpu_count"],
+            "mem_mib": row["mem_mib"],
+            "ttl_seconds": row["ttl_seconds"],
+            "created_at": row["created_at"],
+            "expires_at": row["expires_at"],
+            "state": row["state"],
+            "network_enabled": bool(row["network_enabled"]),
+            "allow_host_compat": False,
+            "guest_ip": None,
+            "tap_name": None,
+            "execution_mode": row["execution_mode"],
+            "stop_reason": row["stop_reason"],
+            "metadata": {"backend": row["backend"] or "pending"},
+        }
+
+    def _row(self, vm_id: str) -> dict[str, Any]:
+        row = self.store.get_vm(vm_id)
+        if row is None:
+            raise NotFoundError(f"VM {vm_id!r} does not exist", hint="`vm_id`s come from create_vm")
+        return self._reconcile(row)
+
+    def _reconcile(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row["state"] != "started":
+            return row
+        sup = ProcessRef(row["supervisor_pid"] or 0, row["supervisor_start"] or 0)
+        if sup.alive():
+            return row
+        fresh = self.store.get_vm(row["vm_id"])  # the supervisor may have just recorded it
+        if fresh is None or fresh["state"] != "started":
+            return fresh or {**row, "state": "stopped"}
+        reason = "supervisor_died: the VM's supervisor process is gone"
+        self.store.update_vm(
+            row["vm_id"],
+            state="stopped",
+            stop_reason=reason,
+            stopped_at=time.time(),
+            supervisor_pid=None,
+        )
+        remove_vm_files(Path(row["vm_dir"]))
+        return {**row, "state": "stopped", "stop_reason": reason}
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def create_vm(
+        self,
+        *,
+        environment: str,
+        vcpu_count: int = 1,
+        mem_mib: int = 1024,
+        ttl_seconds: int = 600,
+        network: bool = False,
+        allow_host_compat: bool = False,
+        _owner: ProcessRef | None = None,
+    ) -> dict[str, Any]:
+        """Record a VM (state `created`); nothing runs until start_vm."""
+        del allow_host_compat  # accepted for compatibility: commands never run on the host
+        vcpu_count = check_range("vcpu_count", vcpu_count)
+        mem_mib = check_range("mem_mib", mem_mib)
+        ttl_seconds = check_range("ttl_seconds", ttl_seconds)
+        if network:
+            raise InvalidArgumentError(
+                "guest networking is not available in this version",
+                hint="pass network=False; VMs run with no network device",
+            )
+        env = self.envs.inspect(environment)
+        vm_id = uuid.uuid4().hex[:12]
+        now = time.time()
+        record = {
+            "vm_id": vm_id,
+            "environment": env["name"],
+            "environment_version": env["version"],
+            "vcpu_count": vcpu_count,
+            "mem_mib": mem_mib,
+            "ttl_seconds": ttl_seconds,
+            "created_at": now,
+            "expires_at": now + ttl_seconds,
+            "state": "created",
+            "execution_mode": "pending",
+            "vm_dir": str(self.store.vm_dir(vm_id)),
+            "owner_pid": _owner.pid if _owner else None,
+            "owner_start": _owner.start if _owner else None,
+        }
+        self.store.insert_vm(record)
+        return self._view(self._row(vm_id))
+
+    def start_vm(
+        self, vm_id: str, *, on_phase: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
+        """Boot the VM and wait until its guest agent answers."""
+        row = self._row(vm_id)
+        if row["state"] == "started":
+            raise WrongStateError(f"VM {vm_id} is already started")
+        if time.time() >= row["expires_at"]:
+            raise WrongStateError(f"VM {vm_id} has expired", hint="create a new VM")
+        installed = self.envs.ensure(row["environment"])
+        choice = backends.choose(installed)
+        vm_dir = paths.ensure_private_dir(Path(row["vm_dir"]))
+        spec = VmSpec(
+            vm_id,
+            vm_dir,
+            installed.kernel,
+            installed.initramfs,
+            installed.rootfs,
+            row["vcpu_count"],
+            row["mem_mib"],
+            f"pyro-{vm_id[:8]}",
+        )
+        owner = row["owner_pid"]
+        config = SupervisorConfig(
+            spec,
+            choice.name,
+            choice.accel,
+            self.store.root,
+            row["expires_at"],
+            BOOT_TIMEOUT[choice.accel],
+            owner,
+            row["owner_start"],
+            delete_on_exit=owner is not None,
+        )
+        if on_phase:
+            on_phase(f"booting {choice.execution_mode} ({choice.reason})")
+        sup, ready_fd = launch.spawn_supervisor(config)
+        self.store.update_vm(
+            vm_id,
+            state="started",
+            backend=choice.name,
+            started_at=time.time(),
+            execution_mode=choice.execution_mode,
+            supervisor_pid=sup.pid,
+            supervisor_start=sup.start,
+            stop_reason=None,
+        )
+        try:
+            launch.wait_ready(ready_fd, sup, config.boot_timeout + 30)
+        except BaseException:
+            launch.stop_supervisor(vm_dir, sup, "boot_interrupted")
+            raise
+        return self._view(self._row(vm_id))
+
+    def exec_in(
+        self,
+        vm_id: str,
+        command: Command,
+        *,
+        timeout_seconds: float = 30,
+        on_output: OutputCallback | None = None,
+    ) -> tuple[dict[str, Any], ExecResult, int]:
+        """Run `command` in a started VM; returns (record, result, wall ms)."""
+        timeout = check_range("timeout_seconds", timeout_seconds)
+        argv, shell, _ = _argv_and_text(command)
+        row = self._row(vm_id)
+        if row["state"] != "started":
+            raise WrongStateError(f"VM {vm_id} is {row['state']}", hint="call start_vm first")
+        started = time.monotonic()
+        with launch.connect(Path(row["vm_dir"])) as client:
+            result = client.exec(argv, shell, timeout=timeout, on_output=on_output)
+        return row, result, round((time.monotonic() - started) * 1000)
+
+    def exec_vm(
+        self,
+        vm_id: str,
+        *,
+        command: Command,
+        timeout_seconds: int = 30,
+        on_output: OutputCallback | None = None,
+    ) -> dict[str, Any]:
+        """Run one command, then delete the VM (the contract's one-command VM)."""
+        try:
+            row, result, wall = self.exec_in(
+                vm_id, command, timeout_seconds=timeout_seconds, on_output=on_output
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.delete_vm(vm_id, reason="run_vm_error_cleanup")
+            raise
+        cleanup = self.delete_vm(vm_id, reason="post_exec_cleanup")
+        return exec_view(row, command, result, wall, cleanup)
+
+    def stop_vm(self, vm_id: str) -> dict[str, Any]:
+        row = self._row(vm_id)
+        if row["state"] == "started":
+            sup = ProcessRef(row["supervisor_pid"], row["supervisor_start"])
+            launch.stop_supervisor(Path(row["vm_dir"]), sup, "stopped: stop_vm")
+        row = self._row(vm_id)
+        if row["state"] == "created":
+            self.store.update_vm(vm_id, state="stopped", stop_reason="stopped: stop_vm")
+        return self._view(self._row(vm_id))
+
+    def delete_vm(self, vm_id: str, *, reason: str = "explicit_delete") -> dict[str, Any]:
+        row = self.store.get_vm(vm_id)
+        if row is None:
+            raise NotFoundError(f"VM {vm_id!r} does not exist")
+        if row["supervisor_pid"]:
+            sup = ProcessRef(row["supervisor_pid"], row["supervisor_start"] or 0)
+            launch.stop_supervisor(Path(row["vm_dir"]), sup, f"deleted: {reason}")
+        self.store.delete_vm(vm_id)
+        remove_vm_files(Path(row["vm_dir"]))
+        return {"vm_id": vm_id, "deleted": True, "reason": reason}
+
+    def status_vm(self, vm_id: str) -> dict[str, Any]:
+        return self._view(self._row(vm_id))
+
+    def list_vms(self) -> list[dict[str, Any]]:
+        return [self._view(self._reconcile(row)) for row in self.store.list_vms()]
+
+    def network_info_vm(self, vm_id: str) -> dict[str, Any]:
+        self._row(vm_id)
+        return {
+            "vm_id": vm_id,
+            "network_enabled": False,
+            "outbound_connectivity_expected": False,
+            "reason": "this VM has no network device (guest networking is off)",
+        }
+
+    def reap_expired(self) -> dict[str, Any]:
+        now = time.time()
+        expired = [r["vm_id"] for r in self.store.list_vms() if r["expires_at"] <= now]
+        for vm_id in expired:
+            with contextlib.suppress(NotFoundError):
+                self.delete_vm(vm_id, reason="ttl_expired")
+        return {"deleted_vm_ids": expired, "count": len(expired)}
+
+    def run_in_vm(
+        self,
+        *,
+        environment: str,
+        command: Command,
+        vcpu_count: int = 1,
+        mem_mib: int = 1024,
+        timeout_seconds: int = 30,
+        ttl_seconds: int = 600,
+        network: bool = False,
+        allow_host_compat: bool = False,
+        on_output: OutputCallback | None = None,
+        on_phase: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """A fresh VM, one command, and the VM gone afterwards, whatever happens."""
+        check_range("timeout_seconds", timeout_seconds)
+        _argv_and_text(command)
+        vm = self.create_vm(
+            environment=environment,
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+            ttl_seconds=ttl_seconds,
+            network=network,
+            allow_host_compat=allow_host_compat,
+            _owner=ProcessRef.me(),
+        )
+        try:
+            self.start_vm(vm["vm_id"], on_phase=on_phase)
+            if on_phase:
+                on_phase("executing")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.delete_vm(vm["vm_id"], reason="run_vm_error_cleanup")
+            raise
+        return self.exec_vm(
+            vm["vm_id"], command=command, timeout_seconds=timeout_seconds, on_output=on_output
+        )
+
+
+def exec_view(
+    row: dict[str, Any], command: Command, result: ExecResult, wall_ms: int, cleanup: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "vm_id": row["vm_id"],
+        "environment": row["environment"],
+        "environment_version": row["environment_version"],
+        "command": _argv_and_text(command)[2],
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "stdout_truncated": result.stdout_truncated,
+        "stderr_truncated": result.stderr_truncated,
+        "exit_code": result.exit_code,
+        "timed_out": result.timed_out,
+        "duration_ms": wall_ms,
+        "guest_duration_ms": result.duration_ms,
+        "execution_mode": row["execution_mode"],
+        "cleanup": cleanup,
+    }

@@ -1,0 +1,44 @@
+"""What the launcher tells a VM's supervisor, written as `supervisor.json` in the VM directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp.vmm.base import VmSpec
+
+CONFIG_FILE = "supervisor.json"
+SOCKET = "supervisor.sock"
+CONSOLE_LOG = "console.log"
+LOG = "supervisor.log"
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    spec: VmSpec
+    backend: str  # "qemu" or "firecracker"
+    accel: str  # "kvm" or "tcg"
+    state_root: Path
+    expires_at: float
+    boot_timeout: float
+    owner_pid: int | None = None  # one-shot runs: the VM dies with this process
+    owner_start: int | None = None
+    delete_on_exit: bool = False  # drop the VM's record too (one-shot runs)
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = asdict(self)
+        data["spec"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in data["spec"].items()}
+        data["state_root"] = str(self.state_root)
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def load(cls, vm_dir: Path) -> SupervisorConfig:
+        data = json.loads((vm_dir / CONFIG_FILE).read_text())
+        raw = data.pop("spec")
+        for key in ("vm_dir", "kernel", "initramfs", "rootfs"):
+            raw[key] = Path(raw[key])
+        raw["rw_disk"] = Path(raw["rw_disk"]) if raw.get("rw_disk") else None
+        data["state_root"] = Path(data["state_root"])
+        return cls(spec=VmSpec(**raw), **data)

@@ -1,0 +1,290 @@
+"""The supervisor process of one VM: `python -m pyro_mcp.supervisor VM_DIR --ready-fd N`.
+
+It starts the VMM (which the kernel kills if the supervisor dies), waits for the guest agent,
+gives the guest its identity (clock, entropy, machine-id), then serves clients on a 0600
+socket until the VM must end: a client asked, the TTL passed, the one-shot owner died, the
+VMM or guest failed, or a signal arrived. Then it removes every file of the VM and records
+in the state store why it ended.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp.errors import GuestError, PyroTimeoutError, VmmError
+from pyro_mcp.guest import protocol
+from pyro_mcp.host.process import ProcessRef
+from pyro_mcp.state.store import StateStore
+from pyro_mcp.supervisor.config import CONSOLE_LOG, LOG, SOCKET, SupervisorConfig
+from pyro_mcp.supervisor.relay import Relay
+from pyro_mcp.vmm.base import Backend
+
+log = logging.getLogger("pyro.supervisor")
+
+
+def make_backend(name: str, accel: str) -> Backend:
+    if name == "firecracker":
+        from pyro_mcp.vmm.firecracker import FirecrackerBackend
+
+        return FirecrackerBackend()
+    from pyro_mcp.vmm.qemu import QemuBackend
+
+    return QemuBackend(accel)
+
+
+def console_tail(vm_dir: Path, lines: int = 6) -> str:
+    try:
+        text = (vm_dir / CONSOLE_LOG).read_text(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+
+
+class Supervisor:
+    def __init__(self, config: SupervisorConfig) -> None:
+        self.config = config
+        self.spec = config.spec
+        self.store = StateStore(config.state_root)
+        self.backend = make_backend(config.backend, config.accel)
+        self.vmm: subprocess.Popen[bytes] | None = None
+        self.relay: Relay | None = None
+        self.listener: socket.socket | None = None
+        self._stop_reason: str | None = None
+        self._stop_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+
+    # --- stopping -----------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the main loop to end the VM; the first reason given wins."""
+        with self._stop_lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def _vmm_exit_reason(self) -> str:
+        assert self.vmm is not None
+        code = self.vmm.poll()
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        tail = console_tail(self.spec.vm_dir)
+        return f"vmm_exited: the VMM process ended unexpectedly ({how})" + (
+            f"; console: {tail}" if tail else ""
+        )
+
+    # --- boot ---------------------------------------------------------------------------
+
+    def boot(self) -> dict[str, Any]:
+        """Start the VMM and bring the guest agent to a configured, answering state."""
+        started = time.monotonic()
+        self.vmm = self.backend.launch(self.spec, self.spec.vm_dir / CONSOLE_LOG)
+        deadline = started + self.config.boot_timeout
+        sock = self.backend.connect_agent(self.spec, self.config.boot_timeout)
+        info, reader = self._handshake(sock, deadline)
+        self.relay = Relay(sock, info)
+        threading.Thread(
+            target=self.relay.run_guest_reader,
+            args=(reader,),
+            name="guest-reader",
+            daemon=True,
+        ).start()
+        self.relay.on_guest_lost = lambda why: self.request_stop(f"guest_lost: {why}")
+        self.relay.local_handler = self._local_op
+        return {**info, "boot_ms": round((time.monotonic() - started) * 1000)}
+
+    def _handshake(
+        self, sock: socket.socket, deadline: float
+    ) -> tuple[dict[str, Any], protocol.FrameReader]:
+        """hello + identity as raw frames; the same reader then passes to the relay."""
+        reader = protocol.FrameReader(sock)
+        sock.sendall(
+            protocol.encode_frame(
+                protocol.req_header(1, "hello", {"protocol": protocol.PROTOCOL_VERSION})
+            )
+        )
+        info = self._await_result(sock, reader, 1, deadline)
+        if info.get("protocol") != protocol.PROTOCOL_VERSION or not isinstance(
+            info.get("ops"), list
+        ):
+            raise GuestError(f"the guest agent answered hello with {info!r}")
+        identity = {
+            "hostname": self.spec.hostname,
+            "machine_id": uuid.uuid4().hex,
+            "time_ns": time.time_ns(),
+            "entropy": base64.b64encode(os.urandom(64)).decode(),
+        }
+        sock.sendall(protocol.encode_frame(protocol.req_header(2, "configure", identity)))
+        self._await_result(sock, reader, 2, deadline)
+        agent = {
+            "protocol": info["protocol"],
+            "agent_version": str(info.get("agent_version")),
+            "ops": [str(op) for op in info["ops"]],
+        }
+        return agent, reader
+
+    def _await_result(
+        self, sock: socket.socket, reader: protocol.FrameReader, rid: int, deadline: float
+    ) -> dict[str, Any]:
+        """The result of request `rid`; stops early when the VMM dies or time runs out."""
+        assert self.vmm is not None
+        while True:
+            if self.vmm.poll() is not None:
+                raise VmmError(self._vmm_exit_reason())
+            if time.monotonic() > deadline:
+                raise PyroTimeoutError(
+                    f"the guest agent did not answer within {self.config.boot_timeout:.0f} s",
+                    hint=f"console: {console_tail(self.spec.vm_dir)}",
+                )
+            ready, _, _ = select.select([sock], [], [], 0.1)
+            if not ready:
+                continue
+            frame = reader.read_frame()
+            if frame is None:
+                raise GuestError("the guest agent closed its channel during boot")
+            if frame.id == rid and frame.type == protocol.RES:
+                if not frame.header.get("ok"):
+                    raise GuestError(f"guest agent refused boot request: {frame.header}")
+                result = frame.header.get("result")
+                return result if isinstance(result, dict) else {}
+
+    # --- serving ------------------------------------------------------------------------
+
+    def _local_op(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        if op == "vm.shutdown":
+            self.request_stop(str(params.get("reason") or "stopped: requested by a client"))
+            return {"stopping": True}
+        return {"vm_id": self.spec.vm_id, "clients": self.relay.client_count() if self.relay else 0}
+
+    def listen(self) -> None:
+        path = self.spec.vm_dir / SOCKET
+        path.unlink(missing_ok=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self.listener.bind(str(path))
+        finally:
+            os.umask(old)
+        self.listener.listen(64)
+
+    def serve(self) -> str:
+        """Run until something ends the VM; returns the reason."""
+        assert self.vmm is not None and self.listener is not None and self.relay is not None
+        watched: list[int] = [self.listener.fileno(), self._wake_r]
+        vmm_fd = os.pidfd_open(self.vmm.pid)
+        watched.append(vmm_fd)
+        owner_fd = self._owner_pidfd()
+        if owner_fd is not None:
+            watched.append(owner_fd)
+        while self._stop_reason is None:
+            left = self.config.expires_at - time.time()
+            if left <= 0:
+                self.request_stop("ttl_expired: the VM reached its TTL")
+                break
+            ready, _, _ = select.select(watched, [], [], min(left, 60.0))
+            if vmm_fd in ready:
+                self.request_stop(self._vmm_exit_reason())
+            elif owner_fd is not None and owner_fd in ready:
+                self.request_stop("owner_exited: the process that ran this one-shot VM died")
+            elif self.listener.fileno() in ready:
+                self._accept()
+        os.close(vmm_fd)
+        if owner_fd is not None:
+            os.close(owner_fd)
+        assert self._stop_reason is not None
+        return self._stop_reason
+
+    def _owner_pidfd(self) -> int | None:
+        if self.config.owner_pid is None:
+            return None
+        owner = ProcessRef(self.config.owner_pid, self.config.owner_start or 0)
+        try:
+            fd = os.pidfd_open(owner.pid)
+        except ProcessLookupError:
+            fd = None
+        if fd is None or not owner.alive():
+            self.request_stop("owner_exited: the process that ran this one-shot VM died")
+        return fd
+
+    def _accept(self) -> None:
+        assert self.listener is not None and self.relay is not None
+        conn, _ = self.listener.accept()
+        threading.Thread(target=self.relay.serve_client, args=(conn,), daemon=True).start()
+
+    # --- teardown -----------------------------------------------------------------------
+
+    def teardown(self, reason: str) -> None:
+        """Kill the VMM, remove every file of the VM, and record the outcome."""
+        if self.listener is not None:
+            self.listener.close()
+        if self.relay is not None:
+            self.relay.close_clients()
+        if self.vmm is not None and self.vmm.poll() is None:
+            self.vmm.kill()
+        if self.vmm is not None:
+            self.vmm.wait()
+        remove_vm_files(self.spec.vm_dir)
+        record(self.store, self.config, reason)
+
+
+def remove_vm_files(vm_dir: Path) -> None:
+    for path in sorted(vm_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+    with contextlib.suppress(OSError):
+        vm_dir.rmdir()
+
+
+def record(store: StateStore, config: SupervisorConfig, reason: str) -> None:
+    vm_id = config.spec.vm_id
+    if config.delete_on_exit or reason.startswith("ttl_expired"):
+        store.delete_vm(vm_id)
+        return
+    store.update_vm(
+        vm_id,
+        state="stopped",
+        stop_reason=reason,
+        stopped_at=time.time(),
+        supervisor_pid=None,
+        supervisor_start=None,
+    )
+
+
+def _report(ready_fd: int, payload: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        os.write(ready_fd, (json.dumps(payload) + "\n").encode())
+    with contextlib.suppress(OSError):
+        os.close(ready_fd)
+
+
+def run(vm_dir: Path, ready_fd: int) -> int:
+    logging.basicConfig(filename=vm_dir / LOG, level=logging.INFO, format="%(asctime)s %(message)s")
+    config = SupervisorConfig.load(vm_dir)
+    sup = Supervisor(config)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda n, _f: sup.request_stop(f"stopped: signal {n}"))
+    try:
+        info = sup.boot()
+        sup.listen()
+    except Exception as exc:  # any boot failure is reported to the launcher, then cleaned
+        reason = sup._vmm_exit_reason() if sup.vmm and sup.vmm.poll() is not None else str(exc)
+        _report(ready_fd, {"ok": False, "error": f"boot_failed: {reason}"})
+        sup.teardown(f"boot_failed: {reason}")
+        return 1
+    _report(ready_fd, {"ok": True, "agent": info, "supervisor_pid": os.getpid()})
+    reason = sup.serve()
+    log.info("stopping: %s", reason)
+    sup.teardown(reason)
+    return 0

@@ -1,0 +1,177 @@
+"""Many host clients, one guest channel: the supervisor's frame relay.
+
+Clients speak the guest protocol to the supervisor's socket exactly as they would to the
+agent. Each forwarded request gets a fresh guest-side id; frames coming back are mapped to
+the client and id that asked. A client that disconnects has its requests cancelled in the
+guest, so an abandoned command never keeps running. The guest is hostile: its frames go
+through the same bounded reader, and a frame for an unknown id is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pyro_mcp.guest import protocol
+
+log = logging.getLogger("pyro.supervisor")
+
+# Requests the supervisor answers itself instead of forwarding.
+LOCAL_OPS = ("hello", "vm.status", "vm.shutdown")
+
+
+class _Conn:
+    """A socket with a write lock, so concurrent senders never interleave frames."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, header: dict[str, Any], body: bytes = b"") -> bool:
+        data = protocol.encode_frame(header, body)
+        with self._lock:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                return False
+        return True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+class Relay:
+    """Routes frames between client connections and the single guest connection."""
+
+    def __init__(self, guest: socket.socket, agent_info: dict[str, Any]) -> None:
+        self.guest = _Conn(guest)
+        self.agent_info = agent_info
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        # guest id -> (client conn, client id)
+        self._routes: dict[int, tuple[_Conn, int]] = {}
+        self._clients: set[_Conn] = set()
+        self.on_guest_lost: Callable[[str], None] = lambda reason: None
+        self.local_handler: Callable[[str, dict[str, Any]], dict[str, Any]] = lambda op, p: {}
+
+    # --- guest side ------------------------------------------------------------------------
+
+    def run_guest_reader(self, reader: protocol.FrameReader) -> None:
+        """Forward guest frames until the channel ends; then fail every client."""
+        reason = "guest agent connection closed"
+        try:
+            while (frame := reader.read_frame()) is not None:
+                self._from_guest(frame)
+        except (protocol.FrameError, OSError) as exc:
+            reason = f"guest agent channel broken: {exc}"
+        self.close_clients()
+        self.on_guest_lost(reason)
+
+    def _from_guest(self, frame: protocol.Frame) -> None:
+        with self._lock:
+            route = self._routes.get(frame.id)
+            if route is not None and frame.type == protocol.RES:
+                del self._routes[frame.id]
+        if route is None:
+            log.debug("dropping guest frame for unknown id %s", frame.id)
+            return
+        conn, client_id = route
+        conn.send({**frame.header, "id": client_id}, frame.body)
+
+    # --- client side -----------------------------------------------------------------------
+
+    def serve_client(self, sock: socket.socket) -> None:
+        """Relay one client's frames until it disconnects (runs in its own thread)."""
+        conn = _Conn(sock)
+        with self._lock:
+            self._clients.add(conn)
+        reader = protocol.FrameReader(sock)
+        greeted = False
+        try:
+            while (frame := reader.read_frame()) is not None:
+                greeted = self._from_client(conn, frame, greeted)
+        except (protocol.FrameError, OSError) as exc:
+            conn.send(protocol.error_header(0, protocol.ERR_PROTOCOL, str(exc)))
+        finally:
+            self._drop_client(conn)
+
+    def _from_client(self, conn: _Conn, frame: protocol.Frame, greeted: bool) -> bool:
+        if frame.type == protocol.CANCEL:
+            self._cancel(conn, frame.id)
+            return greeted
+        if frame.type != protocol.REQ:
+            conn.send(protocol.error_header(frame.id, protocol.ERR_PROTOCOL, "clients send req"))
+            return greeted
+        op = str(frame.header.get("op"))
+        params = frame.header.get("params") or {}
+        if op == "hello":
+            return self._hello(conn, frame.id, params)
+        if not greeted:
+            message = "send hello first"
+            conn.send(protocol.error_header(frame.id, protocol.ERR_HANDSHAKE_REQUIRED, message))
+            return False
+        if op in LOCAL_OPS:
+            self._local(conn, frame.id, op, params)
+        else:
+            self._forward(conn, frame)
+        return True
+
+    def _hello(self, conn: _Conn, rid: int, params: dict[str, Any]) -> bool:
+        if params.get("protocol") != protocol.PROTOCOL_VERSION:
+            message = f"supervisor speaks protocol {protocol.PROTOCOL_VERSION}"
+            conn.send(protocol.error_header(rid, protocol.ERR_VERSION_MISMATCH, message))
+            return False
+        ops = sorted({*self.agent_info.get("ops", []), *LOCAL_OPS})
+        conn.send(protocol.ok_header(rid, {**self.agent_info, "ops": ops}))
+        return True
+
+    def _local(self, conn: _Conn, rid: int, op: str, params: dict[str, Any]) -> None:
+        try:
+            result = self.local_handler(op, params)
+        except Exception as exc:  # a local op must never take the supervisor down
+            conn.send(protocol.error_header(rid, protocol.ERR_INTERNAL, str(exc)))
+            return
+        conn.send(protocol.ok_header(rid, result))
+
+    def _forward(self, conn: _Conn, frame: protocol.Frame) -> None:
+        guest_id = next(self._ids)
+        with self._lock:
+            self._routes[guest_id] = (conn, frame.id)
+        if not self.guest.send({**frame.header, "id": guest_id}, frame.body):
+            with self._lock:
+                self._routes.pop(guest_id, None)
+            message = "the guest agent is not reachable"
+            conn.send(protocol.error_header(frame.id, protocol.ERR_INTERNAL, message))
+
+    def _cancel(self, conn: _Conn, client_id: int) -> None:
+        with self._lock:
+            targets = [g for g, (c, cid) in self._routes.items() if c is conn and cid == client_id]
+        for guest_id in targets:
+            self.guest.send(protocol.cancel_header(guest_id))
+
+    def _drop_client(self, conn: _Conn) -> None:
+        with self._lock:
+            self._clients.discard(conn)
+            abandoned = [g for g, (c, _) in self._routes.items() if c is conn]
+            for guest_id in abandoned:
+                del self._routes[guest_id]
+        for guest_id in abandoned:
+            self.guest.send(protocol.cancel_header(guest_id))
+        conn.close()
+
+    def close_clients(self) -> None:
+        with self._lock:
+            clients = list(self._clients)
+        for conn in clients:
+            conn.close()
+
+    def client_count(self) -> int:
+        with self._lock:
+            return len(self._clients)

@@ -1,0 +1,67 @@
+"""The one small interface every VMM backend implements: launch a VM and reach its agent.
+
+A backend turns a `VmSpec` into a running VMM process (a child of the VM's supervisor) and
+knows how to open a raw byte stream to the guest agent. Everything above (multiplexing,
+TTL, cleanup) is backend-independent and lives in the supervisor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """Everything needed to boot one VM; all of its files live in `vm_dir` (mode 0700)."""
+
+    vm_id: str
+    vm_dir: Path
+    kernel: Path
+    initramfs: Path
+    rootfs: Path
+    vcpu_count: int
+    mem_mib: int
+    hostname: str
+    rw_disk: Path | None = None  # None: the guest keeps its writable layer in RAM
+
+
+class Backend(Protocol):
+    name: str  # "qemu" or "firecracker"
+    accel: str  # "kvm" or "tcg"
+
+    @property
+    def execution_mode(self) -> str: ...
+
+    def launch(self, spec: VmSpec, console_log: Path) -> subprocess.Popen[bytes]:
+        """Start the VMM for `spec`; it must die when the calling process dies."""
+        ...
+
+    def connect_agent(self, spec: VmSpec, timeout: float) -> socket.socket:
+        """A connected stream to the guest agent (the handshake is the caller's)."""
+        ...
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: the kernel kills the VMM the moment its supervisor dies, however
+    # the supervisor dies, so a VM can never outlive the process that accounts for it.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
+def spawn_vmm(argv: list[str], cwd: Path, console_log: Path) -> subprocess.Popen[bytes]:
+    """Start a VMM process bound to our lifetime, console output to `console_log`."""
+    with console_log.open("ab") as log:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
