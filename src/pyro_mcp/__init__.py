@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("pyro-mcp")
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from pyro_mcp.sdk import Pyro
+
+__all__ = ["Pyro", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use so that `pyro --version` and the guest-side modules stay light.
+    if name == "Pyro":
+        from pyro_mcp.sdk import Pyro
+
+        return Pyro
+    raise AttributeError(name)

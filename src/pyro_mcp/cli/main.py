@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pyro_mcp import __version__
 from pyro_mcp.cli import doctor as doctor_cmd
 from pyro_mcp.cli import env as env_cmd
+from pyro_mcp.cli import run as run_cmd
 from pyro_mcp.cli import runtime as runtime_cmd
 from pyro_mcp.cli.output import EXIT_ERROR, EXIT_USAGE, report_error
 from pyro_mcp.errors import PyroError, SystemFault
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pyro-mcp {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run_cmd.register(commands)
     env_cmd.register(commands)
     doctor_cmd.register(commands)
     runtime_cmd.register(commands)
@@ -31,11 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    options, command = run_cmd.split_command(args_list)
     parser = build_parser()
     try:
-        args = parser.parse_args(args_list)
+        args = parser.parse_args(options)
+        if command is not None and not getattr(args, "wants_command", False):
+            parser.error("`--` followed by a command only goes with `pyro run`")
     except SystemExit as exc:  # argparse already printed the usage message
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    args.command = command
     handler: Handler = args.handler
     as_json = bool(getattr(args, "json", False))
     try:

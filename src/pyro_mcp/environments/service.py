@@ -129,7 +129,8 @@ class EnvironmentService:
                     build.build_environment(env, self.store, staging, progress)
             finally:
                 remove_staging(staging)
-            self.store.collect_garbage()
+                # Also after a failure: blobs it stored before failing are named by nothing.
+                self.store.collect_garbage()
         return True
 
     def _verifies(self, manifest: dict[str, Any]) -> bool:

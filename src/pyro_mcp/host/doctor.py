@@ -18,7 +18,7 @@ from typing import Any
 from pyro_mcp import paths
 from pyro_mcp.environments import catalog
 from pyro_mcp.environments.service import EnvironmentService
-from pyro_mcp.errors import PyroError
+from pyro_mcp.errors import IntegrityError, PyroError
 from pyro_mcp.host import probe, tools
 
 KVM_DEVICE = Path("/dev/kvm")
@@ -55,7 +55,13 @@ def _qemu() -> dict[str, Any]:
     path = tools.QEMU.path()
     info: dict[str, Any] = {"path": path, "version": None, "install_hint": tools.QEMU.install_hint}
     if path:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+        try:
+            out = subprocess.run(
+                [path, "--version"], capture_output=True, text=True, check=False, timeout=30
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            info["error"] = f"{path} --version failed: {exc}"
+            return info
         match = re.search(r"version (\S+)", out.stdout)
         info["version"] = match.group(1) if match else None
     return info
@@ -87,10 +93,11 @@ def _directory(path: Path) -> dict[str, Any]:
 
 def _networking() -> dict[str, Any]:
     forward = Path("/proc/sys/net/ipv4/ip_forward")
+    found = {tool.command: tool.path() for tool in tools.NETWORK_TOOLS}
     return {
         "tun_available": Path("/dev/net/tun").exists(),
-        "ip_binary": shutil.which("ip"),
-        "nft_binary": shutil.which("nft") or shutil.which("nft", path="/usr/sbin"),
+        "ip_binary": found["ip"],
+        "nft_binary": found["nft"],
         "iptables_binary": shutil.which("iptables"),
         "ip_forward_enabled": forward.exists() and forward.read_text().strip() == "1",
     }
@@ -116,6 +123,14 @@ def _probes(
         return result
     found = env_service.store.artifact_paths(manifest)
     sha = str(manifest["artifacts"]["kernel"]["sha256"])
+    if run:
+        # A probe of a missing or damaged kernel would fail and be cached as "KVM unusable".
+        try:
+            for name in ("kernel", "initramfs"):
+                env_service.store.blobs.verify(str(manifest["artifacts"][name]["sha256"]))
+        except IntegrityError as exc:
+            result["skipped"] = f"the cached guest kernel cannot be used: {exc}"
+            return result
     for accel in ("kvm", "tcg"):
         if accel == "kvm" and not (kvm["readable"] and kvm["writable"]):
             continue
@@ -175,10 +190,25 @@ def _issues(report: dict[str, Any]) -> list[str]:
         issues.append(f"QEMU is missing: {report['qemu']['install_hint']}")
     if report["kvm"]["usable"] is False:
         issues.append(f"KVM unusable: {report['kvm']['reason']}")
+    if report["qemu"].get("error"):
+        issues.append(f"QEMU does not run: {report['qemu']['error']}")
+    if report["firecracker"].get("error"):
+        issues.append(f"Firecracker: {report['firecracker']['error']}")
+    elif report["kvm"]["usable"] and not report["firecracker"]["path"]:
+        hint = report["firecracker"]["install_hint"]
+        issues.append(f"Firecracker is not installed, so QEMU with KVM is used: {hint}")
     for name, path in report["image_build"]["tools"].items():
         if path is None:
             tool = next(t for t in tools.IMAGE_BUILD_TOOLS if t.command == name)
             issues.append(f"`{name}` is missing ({tool.purpose}): {tool.install_hint}")
+    for tool in tools.NETWORK_TOOLS:
+        if not report["networking"][f"{tool.command}_binary"]:
+            issues.append(
+                f"`{tool.command}` is missing ({tool.purpose}; only guest networking needs it): "
+                f"{tool.install_hint}"
+            )
+    if not report["networking"]["tun_available"]:
+        issues.append("/dev/net/tun is missing (only guest networking needs it): modprobe tun")
     if not report["image_build"]["root"]:
         issues.append("environment builds need root: run `pyro env pull` with sudo")
     for key in ("state", "cache"):

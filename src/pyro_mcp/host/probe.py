@@ -8,10 +8,12 @@ cached (in the cache directory) per host kernel, QEMU version and guest kernel d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import select
+import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -71,14 +73,22 @@ def _watch(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bool, bytes]
 
 
 def _run_probe(command: list[str], deadline: float) -> tuple[bool, str]:
+    # A session of its own, so the kill below reaches anything the VMM started, too.
     proc = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         ok, output = _watch(proc, deadline)
     finally:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     text = output.decode(errors="replace").strip()
     if ok:
         return True, "the guest kernel reached user space"
@@ -128,6 +138,8 @@ def boot_probe(
         probed_at=time.time(),
     )
     path = _cache_path(accel, kernel_sha, qemu_version)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_dict()))
+    # An unwritable cache only costs a probe next time; the doctor must not fail over it.
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result.to_dict()))
     return result

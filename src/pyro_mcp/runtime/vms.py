@@ -192,7 +192,7 @@ class VmService:
             delete_on_exit=owner is not None,
         )
         if on_phase:
-            on_phase(f"booting {choice.execution_mode} ({choice.reason})")
+            on_phase(f"start execution_mode={choice.execution_mode}")
         sup, ready_fd = launch.spawn_supervisor(config)
         self.store.update_vm(
             vm_id,
@@ -311,6 +311,8 @@ class VmService:
         """A fresh VM, one command, and the VM gone afterwards, whatever happens."""
         check_range("timeout_seconds", timeout_seconds)
         _argv_and_text(command)
+        if on_phase:
+            on_phase(f"create environment={environment}")
         vm = self.create_vm(
             environment=environment,
             vcpu_count=vcpu_count,
@@ -323,7 +325,7 @@ class VmService:
         try:
             self.start_vm(vm["vm_id"], on_phase=on_phase)
             if on_phase:
-                on_phase("executing")
+                on_phase("execute")
         except BaseException:
             with contextlib.suppress(Exception):
                 self.delete_vm(vm["vm_id"], reason="run_vm_error_cleanup")
