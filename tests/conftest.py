@@ -29,6 +29,8 @@ def isolated_pyro_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PYRO_CACHE_DIR", str(tmp_path / "pyro-cache"))
     monkeypatch.setenv("PYRO_STATE_DIR", str(tmp_path / "pyro-state"))
+    # Standby VMs outlive the call that made them by design; tests that want one opt in.
+    monkeypatch.setenv("PYRO_STANDBY", "0")
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,28 @@ def built_debian12(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltEn
     cache_dir = Path(override) if override else tmp_path_factory.mktemp("pyro-build-cache")
     cache_dir.mkdir(parents=True, exist_ok=True)
     name = catalog.DEFAULT_ENVIRONMENT
-    result = Pyro(cache_dir=cache_dir).pull_environment(name)
+    # This runs before the per-test isolation: keep the state out of the user's directories too.
+    state_dir = tmp_path_factory.mktemp("pyro-build-state")
+    result = Pyro(cache_dir=cache_dir, state_dir=state_dir).pull_environment(name)
     yield BuiltEnvironment(name=name, cache_dir=cache_dir, pull_result=result)
     if not override:
         shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+REQUIRE_VM_TESTS_ENV = "PYRO_REQUIRE_VM_TESTS"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """With PYRO_REQUIRE_VM_TESTS=1 (CI), a skipped VM test fails where QEMU can run it."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and os.environ.get(REQUIRE_VM_TESTS_ENV) == "1"):
+        return
+    if item.get_closest_marker("vm") is None or tools.QEMU.path() is None:
+        return
+    report.outcome = "failed"
+    report.longrepr = (
+        f"{REQUIRE_VM_TESTS_ENV}=1 and QEMU is installed, but this VM test was skipped: "
+        f"{report.longrepr}"
+    )

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("pyro-mcp")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0.0.0"
+# A literal, read by the build backend too: importlib.metadata costs ~60 ms per process start.
+__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from pyro_mcp.sdk import Pyro

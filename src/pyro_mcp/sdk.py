@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyro_mcp.environments.build import Progress
 from pyro_mcp.environments.service import EnvironmentService
 from pyro_mcp.environments.store import EnvironmentStore
 from pyro_mcp.runtime.vms import Command, OutputCallback, VmService
 from pyro_mcp.state.store import StateStore
+
+if TYPE_CHECKING:
+    from pyro_mcp.environments.build import Progress
 
 
 class Pyro:

@@ -9,8 +9,21 @@ import pytest
 
 NEWC_MAGIC = b"070701"
 HEADER_SIZE = 110
-FIELDS = ("ino", "mode", "uid", "gid", "nlink", "mtime", "filesize", "devmajor", "devminor",
-          "rdevmajor", "rdevminor", "namesize", "check")  # fmt: skip
+FIELDS = (
+    "ino",
+    "mode",
+    "uid",
+    "gid",
+    "nlink",
+    "mtime",
+    "filesize",
+    "devmajor",
+    "devminor",
+    "rdevmajor",
+    "rdevminor",
+    "namesize",
+    "check",
+)
 
 
 @dataclass(frozen=True)
@@ -44,11 +57,11 @@ def parse_newc(blob: bytes) -> Archive:
     trailers = 0
     pos = 0
     while pos < len(blob):
-        if blob[pos:pos + 4] == b"\x00\x00\x00\x00":  # fmt: skip
+        if blob[pos : pos + 4] == b"\x00\x00\x00\x00":
             pos += 4  # padding between archives, which the kernel skips too
             continue
         assert pos % 4 == 0, f"header at {pos} is not 4-byte aligned"
-        assert blob[pos:pos + 6] == NEWC_MAGIC, f"bad magic at {pos}: {blob[pos:pos + 6]!r}"  # fmt: skip
+        assert blob[pos : pos + 6] == NEWC_MAGIC, f"bad magic at {pos}: {blob[pos : pos + 6]!r}"
         raw = blob[pos + 6 : pos + HEADER_SIZE]
         header = {f: int(raw[i * 8 : i * 8 + 8], 16) for i, f in enumerate(FIELDS)}
         name_start = pos + HEADER_SIZE

@@ -44,9 +44,7 @@ def test_sha256_file_matches_hashlib_across_chunks(tmp_path: Path) -> None:
     assert sha256_file(staged(tmp_path, data)) == sha(data)
 
 
-def test_add_moves_the_file_under_its_digest_read_only(
-    store: BlobStore, tmp_path: Path
-) -> None:
+def test_add_moves_the_file_under_its_digest_read_only(store: BlobStore, tmp_path: Path) -> None:
     data = b"kernel bytes"
     source = staged(tmp_path, data)
     digest, size = store.add(source)
@@ -69,9 +67,7 @@ def test_adding_the_same_bytes_twice_keeps_one_blob(store: BlobStore, tmp_path: 
     assert store.digests() == [first[0]]
 
 
-def test_add_replaces_a_corrupt_blob_with_the_good_bytes(
-    store: BlobStore, tmp_path: Path
-) -> None:
+def test_add_replaces_a_corrupt_blob_with_the_good_bytes(store: BlobStore, tmp_path: Path) -> None:
     digest, _ = store.add(staged(tmp_path, b"good bytes", "a"))
     flip_byte(store.path(digest), 0)
     store.add(staged(tmp_path, b"good bytes", "b"))

@@ -44,9 +44,7 @@ def test_mirror_without_any_bookworm_source_says_what_to_set(
     assert "PYRO_DEBIAN_MIRROR" in text
 
 
-def test_an_unreadable_source_is_skipped(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_an_unreadable_source_is_skipped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     folder = tmp_path / "a-directory"  # read_text raises IsADirectoryError
     folder.mkdir()
     good = tmp_path / "good.list"

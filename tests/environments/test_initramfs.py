@@ -72,13 +72,17 @@ def test_an_empty_archive_is_just_a_trailer(read_newc: Reader) -> None:
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio missing: apt-get install -y cpio")
 def test_gnu_cpio_reads_our_archive(tmp_path: Path) -> None:
     blob = write_cpio(SAMPLE)
-    listing = subprocess.run(["cpio", "-it", "--quiet"], input=blob, capture_output=True,
-                             check=True).stdout.decode().split()  # fmt: skip
+    listing = (
+        subprocess.run(["cpio", "-it", "--quiet"], input=blob, capture_output=True, check=True)
+        .stdout.decode()
+        .split()
+    )
     assert listing == ["bin", "bin/tool", "bin/sh", "etc/odd-size", "empty"]
     out = tmp_path / "out"
     out.mkdir()
-    subprocess.run(["cpio", "-id", "--quiet", "--no-absolute-filenames"], input=blob,
-                   cwd=out, check=True)  # fmt: skip
+    subprocess.run(
+        ["cpio", "-id", "--quiet", "--no-absolute-filenames"], input=blob, cwd=out, check=True
+    )
     assert (out / "bin" / "tool").read_bytes() == b"#!/bin/sh\necho hi\n"
     assert stat.S_IMODE((out / "bin" / "tool").stat().st_mode) == 0o755
     assert (out / "bin" / "sh").is_symlink()

@@ -134,7 +134,9 @@ def test_modinfo_depends() -> None:
 
 
 def test_index_and_read_modules_incl_xz(tmp_path: Path) -> None:
-    tree = write_modules(tmp_path, {"virtio_blk": "virtio_ring", "virtio-ring": ""}, xz=("virtio_blk",))
+    tree = write_modules(
+        tmp_path, {"virtio_blk": "virtio_ring", "virtio-ring": ""}, xz=("virtio_blk",)
+    )
     (tree / "drivers" / "d0" / "README").write_text("not a module")
     (tree / "drivers" / "d0" / "x.ko.sig").write_text("not a module either")
     index = index_modules(tree)
@@ -146,13 +148,18 @@ def test_index_and_read_modules_incl_xz(tmp_path: Path) -> None:
 
 
 def test_load_order_puts_dependencies_first_once(tmp_path: Path) -> None:
-    index = index_modules(write_modules(tmp_path, {
-        "net": "core,ring",
-        "blk": "core",
-        "core": "ring",
-        "ring": None,
-        "unused": "ring",
-    }))  # fmt: skip
+    index = index_modules(
+        write_modules(
+            tmp_path,
+            {
+                "net": "core,ring",
+                "blk": "core",
+                "core": "ring",
+                "ring": None,
+                "unused": "ring",
+            },
+        )
+    )
     order = [m.name for m in module_load_order(index, ["blk", "net"])]
     assert order == ["ring", "core", "blk", "net"]
 

@@ -297,6 +297,7 @@ def test_stale_install_dirs(store: EnvironmentStore) -> None:
     store.install_dir(garbled).mkdir()
     store.manifest_path(garbled).write_text("not json")
     stale = store.stale_install_dirs()
-    assert stale == sorted([store.install_dir(BASE), unknown, old_version,
-                            store.install_dir(garbled)])  # fmt: skip
+    assert stale == sorted(
+        [store.install_dir(BASE), unknown, old_version, store.install_dir(garbled)]
+    )
     assert store.install_dir(DEBIAN12) not in stale

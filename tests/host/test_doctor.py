@@ -17,6 +17,7 @@ from pyro_mcp.host import doctor, probe, tools
 from pyro_mcp.vmm import firecracker_binary
 
 BACKENDS = {"firecracker", "qemu-kvm", "qemu-tcg", None}
+REAL_FIND_FIRECRACKER = firecracker_binary.find_firecracker
 
 
 def script(path: Path, body: str) -> Path:
@@ -57,7 +58,7 @@ class Host:
         monkeypatch.setattr(probe, "_run_probe", run_probe)
 
     def kvm(self, present: bool) -> None:
-        device = self.tmp / "dev-kvm"
+        device = self.tmp / ("dev-kvm" if present else "no-such-dev-kvm")
         if present:
             device.write_text("")
         self.mp.setattr(doctor, "KVM_DEVICE", device)
@@ -65,7 +66,9 @@ class Host:
     def hypervisor(self, module: str | None) -> None:
         self.mp.setattr(doctor, "_hypervisor_module", lambda: module)
 
-    def qemu(self, present: bool, body: str = 'echo "QEMU emulator version 7.2.0 (Debian)"') -> None:
+    def qemu(
+        self, present: bool, body: str = 'echo "QEMU emulator version 7.2.0 (Debian)"'
+    ) -> None:
         path = script(self.tmp / "bin" / "qemu-system-x86_64", body) if present else None
         command = str(path) if path else "pyro-test-no-such-qemu"
         self.mp.setattr(tools, "QEMU", tools.Tool(command, "qemu-system-x86", "runs VMs"))
@@ -74,8 +77,7 @@ class Host:
         if present:
             fc = script(self.tmp / "fc" / "firecracker", 'echo "Firecracker v1.12.1"')
             self.mp.setenv(firecracker_binary.BIN_ENV, str(fc))
-            self.mp.setattr(firecracker_binary, "find_firecracker",
-                            firecracker_binary.find_firecracker)  # fmt: skip
+            self.mp.setattr(firecracker_binary, "find_firecracker", REAL_FIND_FIRECRACKER)
         else:
             self.mp.delenv(firecracker_binary.BIN_ENV, raising=False)
             self.mp.setattr(firecracker_binary, "find_firecracker", lambda *a, **k: None)
@@ -90,8 +92,13 @@ class Host:
             source.write_bytes(f"fake {name}".encode())
             digest, size = store.blobs.add(source)
             artifacts[name] = {"sha256": digest, "size": size, "file": name}
-        manifest = {"schema": MANIFEST_SCHEMA, "name": env.name, "version": env.version,
-                    "packages": [], "artifacts": artifacts}  # fmt: skip
+        manifest = {
+            "schema": MANIFEST_SCHEMA,
+            "name": env.name,
+            "version": env.version,
+            "packages": [],
+            "artifacts": artifacts,
+        }
         store.write_manifest(env, manifest)
         return manifest
 
@@ -108,9 +115,21 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
 
 def test_report_has_every_section(host: Host) -> None:
     report = host.report(run=False)
-    assert set(report) >= {"platform", "kvm", "qemu", "firecracker", "boot_probes", "backend",
-                           "image_build", "directories", "disk", "networking", "environments",
-                           "issues", "runtime_ok"}  # fmt: skip
+    assert set(report) >= {
+        "platform",
+        "kvm",
+        "qemu",
+        "firecracker",
+        "boot_probes",
+        "backend",
+        "image_build",
+        "directories",
+        "disk",
+        "networking",
+        "environments",
+        "issues",
+        "runtime_ok",
+    }
     assert report["platform"].startswith("linux-")
     assert report["qemu"]["version"] == "7.2.0"
     assert [e["name"] for e in report["environments"]] == catalog.names()
@@ -224,7 +243,8 @@ def test_missing_kvm_device(host: Host) -> None:
     host.kvm(present=False)
     host.hypervisor(None)
     report = host.report()
-    assert report["kvm"] | {"exists": False, "readable": False, "writable": False} == report["kvm"]
+    kvm = report["kvm"]
+    assert (kvm["exists"], kvm["readable"], kvm["writable"]) == (False, False, False)
     assert "does not exist" in report["kvm"]["reason"]
     assert report["backend"]["selected"] == "qemu-tcg"
 
@@ -233,8 +253,9 @@ def test_a_kvm_device_without_access(host: Host, monkeypatch: pytest.MonkeyPatch
     host.install_kernel()
     device = str(doctor.KVM_DEVICE)
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, m, **k: False if str(p) == device
-                        else real_access(p, m, **k))  # fmt: skip
+    monkeypatch.setattr(
+        os, "access", lambda p, m, **k: False if str(p) == device else real_access(p, m, **k)
+    )
     report = host.report()
     assert report["kvm"]["readable"] is False
     assert "not readable and writable" in report["kvm"]["reason"]

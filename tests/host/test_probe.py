@@ -66,7 +66,9 @@ def test_a_vmm_that_refuses_to_start_is_reported_as_such() -> None:
     command = ["sh", "-c", "echo 'qemu-system-x86_64: -accel kvm: error: no KVM'; exit 1"]
     ok, reason = probe._run_probe(command, 30)
     assert ok is False
-    assert reason == "QEMU refused to start the guest: qemu-system-x86_64: -accel kvm: error: no KVM"
+    assert (
+        reason == "QEMU refused to start the guest: qemu-system-x86_64: -accel kvm: error: no KVM"
+    )
 
 
 def test_a_silent_exit_says_there_was_no_output() -> None:
@@ -76,7 +78,9 @@ def test_a_silent_exit_says_there_was_no_output() -> None:
 
 
 def test_probe_command_per_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(probe, "boot_args", lambda accel, *extra, quiet: f"{accel} {' '.join(extra)}")
+    monkeypatch.setattr(
+        probe, "boot_args", lambda accel, *extra, quiet: f"{accel} {' '.join(extra)}"
+    )
     kvm = probe.qemu_probe_command("/usr/bin/qemu", "kvm", Path("/k"), Path("/i"))
     tcg = probe.qemu_probe_command("/usr/bin/qemu", "tcg", Path("/k"), Path("/i"))
     assert kvm[0] == "/usr/bin/qemu"
@@ -116,10 +120,14 @@ def test_boot_probe_runs_once_then_answers_from_the_cache(
     probe.boot_probe("qemu", "7.2.0", "tcg", tmp_path / "k", tmp_path / "i", kernel_sha)
     probe.boot_probe("qemu", "7.2.0", "kvm", tmp_path / "k", tmp_path / "i", "b" * 64)
     probe.boot_probe("qemu", "8.0.0", "kvm", tmp_path / "k", tmp_path / "i", kernel_sha)
-    assert fake.calls[1:] == [("tcg", probe.TCG_DEADLINE_S), ("kvm", probe.KVM_DEADLINE_S),
-                              ("kvm", probe.KVM_DEADLINE_S)]  # fmt: skip
-    probe.boot_probe("qemu", "7.2.0", "kvm", tmp_path / "k", tmp_path / "i", kernel_sha,
-                     use_cache=False)  # fmt: skip
+    assert fake.calls[1:] == [
+        ("tcg", probe.TCG_DEADLINE_S),
+        ("kvm", probe.KVM_DEADLINE_S),
+        ("kvm", probe.KVM_DEADLINE_S),
+    ]
+    probe.boot_probe(
+        "qemu", "7.2.0", "kvm", tmp_path / "k", tmp_path / "i", kernel_sha, use_cache=False
+    )
     assert len(fake.calls) == 5
 
 
@@ -136,9 +144,7 @@ def test_the_probe_cache_lives_under_the_pyro_directories(
     assert json.loads(written[0].read_text())["accel"] == "tcg"
 
 
-def test_a_garbled_cache_entry_is_a_miss(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_a_garbled_cache_entry_is_a_miss(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = FakeRun()
     monkeypatch.setattr(probe, "_run_probe", fake)
     first = probe.boot_probe("qemu", "7.2.0", "tcg", tmp_path / "k", tmp_path / "i", "d" * 64)

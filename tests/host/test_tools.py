@@ -20,8 +20,10 @@ def fake_which(monkeypatch: pytest.MonkeyPatch, found: dict[tuple[str, str | Non
 
 
 def test_path_looks_in_path_then_sbin(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_which(monkeypatch, {("mke2fs", "/usr/sbin:/sbin"): "/usr/sbin/mke2fs",
-                             ("lz4", None): "/usr/bin/lz4"})  # fmt: skip
+    fake_which(
+        monkeypatch,
+        {("mke2fs", "/usr/sbin:/sbin"): "/usr/sbin/mke2fs", ("lz4", None): "/usr/bin/lz4"},
+    )
     assert Tool("mke2fs", "e2fsprogs", "x").path() == "/usr/sbin/mke2fs"
     assert Tool("lz4", "lz4", "x").path() == "/usr/bin/lz4"
     assert Tool("nothing", "nothing", "x").path() is None
@@ -34,8 +36,10 @@ def test_install_hint_names_the_package() -> None:
 
 def test_require_returns_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     fake_which(monkeypatch, {("a", None): "/bin/a", ("b", None): "/bin/b"})
-    assert tools.require(Tool("a", "pa", "x"), Tool("b", "pb", "y")) == {"a": "/bin/a",
-                                                                         "b": "/bin/b"}  # fmt: skip
+    assert tools.require(Tool("a", "pa", "x"), Tool("b", "pb", "y")) == {
+        "a": "/bin/a",
+        "b": "/bin/b",
+    }
 
 
 def test_require_names_every_missing_tool_and_one_install_command(
@@ -59,9 +63,14 @@ def test_the_real_lookup_finds_sh() -> None:
 
 
 def test_tool_tables_name_their_packages() -> None:
-    table: dict[str, Any] = {t.command: t.package for t in
-                             (*tools.IMAGE_BUILD_TOOLS, *tools.NETWORK_TOOLS, tools.QEMU)}  # fmt: skip
+    table: dict[str, Any] = {
+        t.command: t.package for t in (*tools.IMAGE_BUILD_TOOLS, *tools.NETWORK_TOOLS, tools.QEMU)
+    }
     assert table == {
-        "mmdebstrap": "mmdebstrap", "mke2fs": "e2fsprogs", "lz4": "lz4",
-        "ip": "iproute2", "nft": "nftables", "qemu-system-x86_64": "qemu-system-x86",
-    }  # fmt: skip
+        "mmdebstrap": "mmdebstrap",
+        "mke2fs": "e2fsprogs",
+        "lz4": "lz4",
+        "ip": "iproute2",
+        "nft": "nftables",
+        "qemu-system-x86_64": "qemu-system-x86",
+    }

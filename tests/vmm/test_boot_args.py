@@ -55,6 +55,7 @@ def test_tcg_gets_the_tsc_rate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 def test_kvm_never_gets_the_tsc_rate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     use_cpuinfo(monkeypatch, tmp_path, STEADY)
     assert "tsc_early_khz" not in ba.boot_args("kvm")
+    assert "tsc=reliable" not in ba.boot_args("kvm")
 
 
 def test_tcg_without_a_constant_tsc_gets_no_rate(
@@ -69,5 +70,5 @@ def test_base_arguments_quiet_and_extras(monkeypatch: pytest.MonkeyPatch) -> Non
     args = ba.boot_args("tcg", "pyro.probe=1", "pyro.x=y").split()
     assert args[:5] == ["console=ttyS0", "reboot=k", "panic=-1", "i8042.noaux", "i8042.nomux"]
     assert "quiet" in args
-    assert args[-3:] == ["tsc_early_khz=1234", "pyro.probe=1", "pyro.x=y"]
+    assert args[-4:] == ["tsc_early_khz=1234", "tsc=reliable", "pyro.probe=1", "pyro.x=y"]
     assert "quiet" not in ba.boot_args("kvm", quiet=False).split()

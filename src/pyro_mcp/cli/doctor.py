@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from pyro_mcp.cli.output import show
-from pyro_mcp.sdk import Pyro
 
 
 def register(commands: Any) -> None:
@@ -70,6 +69,8 @@ def _render(report: dict[str, Any]) -> None:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    from pyro_mcp.sdk import Pyro
+
     report = Pyro().doctor(probe=not args.no_probe)
     show(report, args.json, _render)
     return 0 if report["runtime_ok"] else 1

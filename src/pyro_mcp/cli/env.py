@@ -7,8 +7,6 @@ from typing import Any
 
 from pyro_mcp.cli.output import PhaseReporter, show
 from pyro_mcp.environments import catalog
-from pyro_mcp.environments.build import PHASES
-from pyro_mcp.sdk import Pyro
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +37,8 @@ def register(commands: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from pyro_mcp.sdk import Pyro
+
     envs = Pyro().list_environments()
     payload = {"catalog_version": catalog.CATALOG_VERSION, "environments": envs}
 
@@ -71,6 +71,9 @@ def _detail(title: str, env: dict[str, Any]) -> None:
 
 
 def _pull(args: argparse.Namespace) -> int:
+    from pyro_mcp.environments.build import PHASES
+    from pyro_mcp.sdk import Pyro
+
     with PhaseReporter("pull", PHASES, enabled=not args.json) as progress:
         result = Pyro().pull_environment(args.environment, progress=progress)
 
@@ -84,6 +87,8 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from pyro_mcp.sdk import Pyro
+
     show(
         Pyro().inspect_environment(args.environment), args.json, lambda e: _detail("Environment", e)
     )
@@ -91,6 +96,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
+    from pyro_mcp.sdk import Pyro
+
     result = Pyro().prune_environments()
 
     def render(data: dict[str, Any]) -> None:

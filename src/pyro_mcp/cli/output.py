@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pyro_mcp.errors import PyroError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -44,6 +44,10 @@ class PhaseReporter:
 
     def __enter__(self) -> PhaseReporter:
         if self.enabled and sys.stderr.isatty():
+            # rich costs ~0.2 s to import: only a terminal that shows a bar pays for it.
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
             self._bar = Progress(
                 TextColumn("[bold]{task.fields[tag]}"),
                 BarColumn(),

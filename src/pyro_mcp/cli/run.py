@@ -14,7 +14,6 @@ from typing import Any
 from pyro_mcp.cli.output import emit_json
 from pyro_mcp.environments import catalog
 from pyro_mcp.errors import InvalidArgumentError
-from pyro_mcp.sdk import Pyro
 
 
 def split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -79,6 +78,8 @@ def _run(args: argparse.Namespace) -> int:
             "no command given", hint="put the command after `--`: pyro run debian:12 -- true"
         )
     quiet = args.json
+    from pyro_mcp.sdk import Pyro
+
     result = Pyro().run_in_vm(
         environment=args.environment,
         command=as_command(args.command),
@@ -107,6 +108,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from pyro_mcp.sdk import Pyro
+
     result = Pyro().run_in_vm(
         environment=catalog.DEFAULT_ENVIRONMENT,
         command=["git", "--version"],

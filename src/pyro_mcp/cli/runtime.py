@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from pyro_mcp.cli.output import show
-from pyro_mcp.sdk import Pyro
 
 
 def register(commands: Any) -> None:
@@ -20,6 +19,8 @@ def register(commands: Any) -> None:
 
 
 def _install(args: argparse.Namespace) -> int:
+    from pyro_mcp.sdk import Pyro
+
     result = Pyro().install_firecracker(args.fc_version)
 
     def render(data: dict[str, Any]) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyro_mcp.environments import build, catalog, initramfs
+from pyro_mcp.environments import catalog, initramfs
 from pyro_mcp.environments.store import EnvironmentStore, remove_staging
 from pyro_mcp.errors import IntegrityError
+
+if TYPE_CHECKING:
+    from pyro_mcp.environments.build import Progress
 
 SOURCE = f"debian:{catalog.SUITE} packages via mmdebstrap"
 
@@ -62,7 +65,7 @@ class EnvironmentService:
     def inspect(self, name: str) -> dict[str, Any]:
         return self.info(catalog.get(name))
 
-    def pull(self, name: str, progress: build.Progress | None = None) -> dict[str, Any]:
+    def pull(self, name: str, progress: Progress | None = None) -> dict[str, Any]:
         """Make `name` installed and verified, building what is missing; idempotent."""
         env = catalog.get(name)
         started = time.monotonic()
@@ -78,7 +81,7 @@ class EnvironmentService:
         )
         return result
 
-    def ensure(self, name: str, progress: build.Progress | None = None) -> InstalledEnvironment:
+    def ensure(self, name: str, progress: Progress | None = None) -> InstalledEnvironment:
         """The verified artefacts of `name`, building the environment on first use."""
         env = catalog.get(name)
         manifest = self.store.manifest(env)
@@ -113,13 +116,15 @@ class EnvironmentService:
     def _current(self, manifest: dict[str, Any]) -> bool:
         return manifest.get("guest_digest") == initramfs.guest_digest()
 
-    def _ensure(self, env: catalog.Environment, progress: build.Progress | None) -> bool:
+    def _ensure(self, env: catalog.Environment, progress: Progress | None) -> bool:
         """Install `env` under the cache lock; True when anything had to be built."""
         with self.store.locked():
             self.store.clear_staging()
             manifest = self.store.manifest(env)
             if manifest is not None and self._current(manifest) and self._verifies(manifest):
                 return False
+            from pyro_mcp.environments import build  # only a build needs the builder
+
             staging = self.store.new_staging()
             try:
                 rebuilt = None

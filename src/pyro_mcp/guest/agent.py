@@ -34,6 +34,7 @@ except ImportError:  # inside the guest protocol.py sits next to this script
 log = logging.getLogger("pyro-agent")
 
 _RNDADDENTROPY = 0x40085203
+_RNDRESEEDCRNG = 0x5207
 _REBOOT_CMDS = {"poweroff": 0x4321FEDC, "reboot": 0x01234567}
 _JOIN_GRACE = 5.0
 _SERIAL_IDLE = 0.002
@@ -366,6 +367,9 @@ def _add_entropy(config: AgentConfig, seed: bytes) -> None:
         request = struct.pack("ii", len(seed) * 8, len(seed)) + seed
         with open(config.random_path, "wb", buffering=0) as device:
             fcntl.ioctl(device.fileno(), _RNDADDENTROPY, request)
+            # Clones restored from one snapshot share the kernel's CRNG state; crediting new
+            # entropy does not reseed it before the next interval, so force the reseed now.
+            fcntl.ioctl(device.fileno(), _RNDRESEEDCRNG)
 
 
 # --- exec ----------------------------------------------------------------------------------

@@ -207,7 +207,9 @@ class GuestClient:
         """Connect through Firecracker's vsock bridge (``CONNECT <port>`` / ``OK ...``)."""
         deadline = time.monotonic() + timeout
         what = f"guest vsock port {port} through {uds_path}"
-        sock = _retry_until(deadline, what, lambda t: _firecracker(uds_path, port, t))
+        sock = _retry_until(
+            deadline, what, lambda t: connect_firecracker_vsock_socket(uds_path, port, t)
+        )
         return cls._ready(sock, deadline, handshake)
 
     @classmethod
@@ -465,7 +467,7 @@ def _unix(path: str, timeout: float) -> socket.socket:
     return sock
 
 
-def _firecracker(uds_path: str, port: int, timeout: float) -> socket.socket:
+def connect_firecracker_vsock_socket(uds_path: str, port: int, timeout: float) -> socket.socket:
     """One attempt at Firecracker's handshake; it may stall while the guest has no driver."""
     sock = _unix(uds_path, timeout)
     try:

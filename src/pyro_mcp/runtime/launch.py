@@ -94,10 +94,26 @@ def stop_supervisor(vm_dir: Path, supervisor: ProcessRef | None, reason: str) ->
             client.request("vm.shutdown", {"reason": reason}, timeout=5.0)
     except Exception:  # an unresponsive supervisor still gets a signal below
         supervisor.signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    while supervisor.alive() and time.monotonic() < deadline:
-        reap_children()
-        time.sleep(0.01)
-    if supervisor.alive():
+    if not _wait_exit(supervisor, STOP_GRACE_S):
         supervisor.signal(signal.SIGKILL)
+        _wait_exit(supervisor, STOP_GRACE_S)
     reap_children()
+
+
+def _wait_exit(process: ProcessRef, timeout: float) -> bool:
+    """Wait until `process` has exited (a zombie counts); False on timeout."""
+    try:
+        fd = os.pidfd_open(process.pid)
+    except ProcessLookupError:
+        return True
+    try:
+        deadline = time.monotonic() + timeout
+        while process.alive():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            select.select([fd], [], [], min(left, 0.05))
+            reap_children()
+        return True
+    finally:
+        os.close(fd)

@@ -8,6 +8,7 @@ as `stopped` with the reason.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -15,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import paths
-from pyro_mcp.environments.service import EnvironmentService
-from pyro_mcp.errors import InvalidArgumentError, NotFoundError, WrongStateError
+from pyro_mcp.environments.service import EnvironmentService, InstalledEnvironment
+from pyro_mcp.errors import InvalidArgumentError, NotFoundError, PyroError, WrongStateError
 from pyro_mcp.guest.client import ExecResult
 from pyro_mcp.host.process import ProcessRef
-from pyro_mcp.runtime import backends, launch
+from pyro_mcp.runtime import backends, launch, standby
+from pyro_mcp.runtime.snapshots import SnapshotCache, snapshot_key
+from pyro_mcp.runtime.standby import StandbyPool
 from pyro_mcp.state.store import StateStore
 from pyro_mcp.supervisor.config import SupervisorConfig
-from pyro_mcp.supervisor.main import remove_vm_files
-from pyro_mcp.vmm.base import VmSpec
+from pyro_mcp.supervisor.main import make_backend, remove_vm_files
+from pyro_mcp.vmm.base import Snapshot, VmSpec
 
 LIMITS = {
     "vcpu_count": (1, 8),
@@ -32,6 +35,7 @@ LIMITS = {
     "timeout_seconds": (1, 86400),
 }
 BOOT_TIMEOUT = {"tcg": 180.0, "kvm": 60.0}
+WARM_ENV = "PYRO_WARM_START"
 OutputCallback = Callable[[str, bytes], None]
 Command = str | Sequence[str]
 
@@ -61,9 +65,17 @@ def _argv_and_text(command: Command) -> tuple[list[str] | None, str | None, str]
 
 
 class VmService:
-    def __init__(self, envs: EnvironmentService, store: StateStore | None = None) -> None:
+    def __init__(
+        self,
+        envs: EnvironmentService,
+        store: StateStore | None = None,
+        snapshots: SnapshotCache | None = None,
+    ) -> None:
         self.envs = envs
         self.store = store or StateStore()
+        self.snapshots = snapshots or SnapshotCache(envs.store.root.parent / "snapshots")
+        self.pool = StandbyPool(self.store)
+        self._deferred: tuple[Any, ...] | None = None
 
     # --- records ---------------------------------------------------------------------------
 
@@ -84,7 +96,11 @@ class VmService:
             "tap_name": None,
             "execution_mode": row["execution_mode"],
             "stop_reason": row["stop_reason"],
-            "metadata": {"backend": row["backend"] or "pending"},
+            "metadata": {
+                "backend": row["backend"] or "pending",
+                "boot_mode": row["boot_mode"] or "pending",
+                "boot_note": row["boot_note"] or "",
+            },
         }
 
     def _row(self, vm_id: str) -> dict[str, Any]:
@@ -158,9 +174,13 @@ class VmService:
         return self._view(self._row(vm_id))
 
     def start_vm(
-        self, vm_id: str, *, on_phase: Callable[[str], None] | None = None
+        self,
+        vm_id: str,
+        *,
+        on_phase: Callable[[str], None] | None = None,
+        replenish: bool = True,
     ) -> dict[str, Any]:
-        """Boot the VM and wait until its guest agent answers."""
+        """Boot the VM (or claim a standby one) and wait until its guest agent answers."""
         row = self._row(vm_id)
         if row["state"] == "started":
             raise WrongStateError(f"VM {vm_id} is already started")
@@ -168,10 +188,38 @@ class VmService:
             raise WrongStateError(f"VM {vm_id} has expired", hint="create a new VM")
         installed = self.envs.ensure(row["environment"])
         choice = backends.choose(installed)
-        vm_dir = paths.ensure_private_dir(Path(row["vm_dir"]))
+        snapshot, note = self._warm_snapshot(installed, choice, row, on_phase)
+        if on_phase:
+            on_phase(f"start execution_mode={choice.execution_mode}")
+        pooled = snapshot is not None and standby.enabled()
+        if not (pooled and self._adopt_standby(row, choice)):
+            self._boot(row, installed, choice, snapshot, note)
+        if pooled and snapshot is not None:
+            if replenish:
+                self._replenish(row, installed, choice, snapshot)
+            else:
+                self._deferred = (row, installed, choice, snapshot)
+        return self._view(self._row(vm_id))
+
+    def replenish_deferred(self) -> None:
+        """Start the standby replacement a one-shot run held back while it ran."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            self._replenish(*deferred)
+
+    def _supervisor_config(
+        self,
+        row: dict[str, Any],
+        installed: InstalledEnvironment,
+        choice: backends.BackendChoice,
+        snapshot: Snapshot | None,
+        *,
+        standby_vm: bool = False,
+    ) -> SupervisorConfig:
+        vm_id = row["vm_id"]
         spec = VmSpec(
             vm_id,
-            vm_dir,
+            paths.ensure_private_dir(Path(row["vm_dir"])),
             installed.kernel,
             installed.initramfs,
             installed.rootfs,
@@ -179,8 +227,8 @@ class VmService:
             row["mem_mib"],
             f"pyro-{vm_id[:8]}",
         )
-        owner = row["owner_pid"]
-        config = SupervisorConfig(
+        owner = row.get("owner_pid")
+        return SupervisorConfig(
             spec,
             choice.name,
             choice.accel,
@@ -188,14 +236,25 @@ class VmService:
             row["expires_at"],
             BOOT_TIMEOUT[choice.accel],
             owner,
-            row["owner_start"],
-            delete_on_exit=owner is not None,
+            row.get("owner_start"),
+            delete_on_exit=owner is not None or standby_vm,
+            snapshot_memory=str(snapshot.memory) if snapshot else None,
+            snapshot_state=str(snapshot.state) if snapshot else None,
+            standby=standby_vm,
         )
-        if on_phase:
-            on_phase(f"start execution_mode={choice.execution_mode}")
+
+    def _boot(
+        self,
+        row: dict[str, Any],
+        installed: InstalledEnvironment,
+        choice: backends.BackendChoice,
+        snapshot: Snapshot | None,
+        note: str,
+    ) -> None:
+        config = self._supervisor_config(row, installed, choice, snapshot)
         sup, ready_fd = launch.spawn_supervisor(config)
         self.store.update_vm(
-            vm_id,
+            row["vm_id"],
             state="started",
             backend=choice.name,
             started_at=time.time(),
@@ -205,11 +264,114 @@ class VmService:
             stop_reason=None,
         )
         try:
-            launch.wait_ready(ready_fd, sup, config.boot_timeout + 30)
+            report = launch.wait_ready(ready_fd, sup, config.boot_timeout + 30)
         except BaseException:
-            launch.stop_supervisor(vm_dir, sup, "boot_interrupted")
+            launch.stop_supervisor(config.spec.vm_dir, sup, "boot_interrupted")
             raise
-        return self._view(self._row(vm_id))
+        agent = report.get("agent", {})
+        mode = str(agent.get("boot_mode", "cold"))
+        self.store.update_vm(row["vm_id"], boot_mode=mode, boot_note=agent.get("boot_note") or note)
+
+    def _adopt_standby(self, row: dict[str, Any], choice: backends.BackendChoice) -> bool:
+        """Give this VM's identity to a ready standby VM; False when none could be had."""
+        claimed = self.pool.claim(
+            row["environment"], row["vcpu_count"], row["mem_mib"], choice.execution_mode
+        )
+        if claimed is None:
+            return False
+        vm_id = row["vm_id"]
+        try:
+            with launch.connect(Path(claimed["vm_dir"]), timeout=2.0) as client:
+                claim = {
+                    "vm_id": vm_id,
+                    "expires_at": row["expires_at"],
+                    "owner_pid": row["owner_pid"],
+                    "owner_start": row["owner_start"],
+                    "delete_on_exit": row["owner_pid"] is not None,
+                }
+                client.request("vm.claim", claim, timeout=5.0)
+                client.configure(
+                    hostname=f"pyro-{vm_id[:8]}",
+                    machine_id=uuid.uuid4().hex,
+                    time_ns=time.time_ns(),
+                    entropy=os.urandom(64),
+                )
+        except PyroError:
+            sup = ProcessRef(claimed["supervisor_pid"] or 0, claimed["supervisor_start"] or 0)
+            launch.stop_supervisor(Path(claimed["vm_dir"]), sup, "standby claim failed")
+            self.store.delete_vm(claimed["vm_id"])
+            return False
+        with self.store.transaction() as conn:
+            conn.execute("DELETE FROM vms WHERE vm_id = ?", (claimed["vm_id"],))
+            conn.execute(
+                "UPDATE vms SET state = 'started', backend = ?, execution_mode = ?, vm_dir = ?, "
+                "supervisor_pid = ?, supervisor_start = ?, started_at = ?, stop_reason = NULL, "
+                "boot_mode = 'standby', boot_note = '' WHERE vm_id = ?",
+                (claimed["backend"], claimed["execution_mode"], claimed["vm_dir"],
+                 claimed["supervisor_pid"], claimed["supervisor_start"], time.time(), vm_id),
+            )  # fmt: skip
+        return True
+
+    def _replenish(
+        self,
+        row: dict[str, Any],
+        installed: InstalledEnvironment,
+        choice: backends.BackendChoice,
+        snapshot: Snapshot,
+    ) -> None:
+        """Start a standby VM of this kind in the background unless one exists."""
+        mode = choice.execution_mode
+        if not self.pool.wanted(row["environment"], row["vcpu_count"], row["mem_mib"], mode):
+            return
+        record = self.pool.new_record(row, mode)
+        record["backend"] = choice.name
+        config = self._supervisor_config(record, installed, choice, snapshot, standby_vm=True)
+        sup, ready_fd = launch.spawn_supervisor(config)
+        os.close(ready_fd)  # nobody waits: the supervisor records itself as ready
+        self.store.update_vm(
+            record["vm_id"],
+            backend=choice.name,
+            supervisor_pid=sup.pid,
+            supervisor_start=sup.start,
+        )
+
+    def clear_standby(self) -> dict[str, Any]:
+        """Stop every standby VM (they also end by themselves when idle)."""
+        stopped = []
+        for row in self.pool.standby_rows():
+            sup = ProcessRef(row["supervisor_pid"] or 0, row["supervisor_start"] or 0)
+            launch.stop_supervisor(Path(row["vm_dir"]), sup, "standby cleared")
+            self.store.delete_vm(row["vm_id"])
+            remove_vm_files(Path(row["vm_dir"]))
+            stopped.append(row["vm_id"])
+        return {"stopped_vm_ids": stopped, "count": len(stopped)}
+
+    def _warm_snapshot(
+        self,
+        installed: InstalledEnvironment,
+        choice: backends.BackendChoice,
+        row: dict[str, Any],
+        on_phase: Callable[[str], None] | None,
+    ) -> tuple[Snapshot | None, str]:
+        """The warm-start snapshot for this VM, made on first need; None means cold boot."""
+        if os.environ.get(WARM_ENV, "1") == "0":
+            return None, f"warm start is off ({WARM_ENV}=0)"
+        key = snapshot_key(installed, choice, row["vcpu_count"], row["mem_mib"])
+        try:
+            found = self.snapshots.lookup(key)
+            if found is None and on_phase:
+                on_phase("snapshot (first use of this environment and size: cold boot once)")
+            backend = make_backend(choice.name, choice.accel)
+            return self.snapshots.ensure(key, installed, backend, self.store.root / "vms"), ""
+        except PyroError as exc:
+            return None, f"no snapshot, cold boot: {exc}"
+
+    def _started_row(self, vm_id: str) -> dict[str, Any]:
+        row = self._row(vm_id)
+        if row["state"] != "started":
+            why = f" ({row['stop_reason']})" if row["stop_reason"] else ""
+            raise WrongStateError(f"VM {vm_id} is {row['state']}{why}", hint="call start_vm first")
+        return row
 
     def exec_in(
         self,
@@ -222,9 +384,7 @@ class VmService:
         """Run `command` in a started VM; returns (record, result, wall ms)."""
         timeout = check_range("timeout_seconds", timeout_seconds)
         argv, shell, _ = _argv_and_text(command)
-        row = self._row(vm_id)
-        if row["state"] != "started":
-            raise WrongStateError(f"VM {vm_id} is {row['state']}", hint="call start_vm first")
+        row = self._started_row(vm_id)
         started = time.monotonic()
         with launch.connect(Path(row["vm_dir"])) as client:
             result = client.exec(argv, shell, timeout=timeout, on_output=on_output)
@@ -239,6 +399,11 @@ class VmService:
         on_output: OutputCallback | None = None,
     ) -> dict[str, Any]:
         """Run one command, then delete the VM (the contract's one-command VM)."""
+        # A request refused before anything runs (bad arguments, a VM that is not started)
+        # leaves the VM as it is; once the command is on its way, the VM goes whatever happens.
+        check_range("timeout_seconds", timeout_seconds)
+        _argv_and_text(command)
+        self._started_row(vm_id)
         try:
             row, result, wall = self.exec_in(
                 vm_id, command, timeout_seconds=timeout_seconds, on_output=on_output
@@ -275,7 +440,8 @@ class VmService:
         return self._view(self._row(vm_id))
 
     def list_vms(self) -> list[dict[str, Any]]:
-        return [self._view(self._reconcile(row)) for row in self.store.list_vms()]
+        rows = [r for r in self.store.list_vms() if r["state"] not in standby.STANDBY_STATES]
+        return [self._view(self._reconcile(row)) for row in rows]
 
     def network_info_vm(self, vm_id: str) -> dict[str, Any]:
         self._row(vm_id)
@@ -326,13 +492,13 @@ class VmService:
             self.start_vm(vm["vm_id"], on_phase=on_phase)
             if on_phase:
                 on_phase("execute")
+            return self.exec_vm(
+                vm["vm_id"], command=command, timeout_seconds=timeout_seconds, on_output=on_output
+            )
         except BaseException:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # NotFoundError: exec_vm already deleted it
                 self.delete_vm(vm["vm_id"], reason="run_vm_error_cleanup")
             raise
-        return self.exec_vm(
-            vm["vm_id"], command=command, timeout_seconds=timeout_seconds, on_output=on_output
-        )
 
 
 def exec_view(

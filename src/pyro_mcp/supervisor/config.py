@@ -26,6 +26,9 @@ class SupervisorConfig:
     owner_pid: int | None = None  # one-shot runs: the VM dies with this process
     owner_start: int | None = None
     delete_on_exit: bool = False  # drop the VM's record too (one-shot runs)
+    snapshot_memory: str | None = None  # warm start: restore this snapshot instead of booting
+    snapshot_state: str | None = None
+    standby: bool = False  # restored and warmed up ahead of demand, waiting to be claimed
 
     def to_json(self) -> str:
         data: dict[str, Any] = asdict(self)

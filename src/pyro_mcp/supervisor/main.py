@@ -24,15 +24,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pyro_mcp.errors import GuestError, PyroTimeoutError, VmmError
+from pyro_mcp.errors import GuestError, PyroError, PyroTimeoutError, VmmError
 from pyro_mcp.guest import protocol
 from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.state.store import StateStore
 from pyro_mcp.supervisor.config import CONSOLE_LOG, LOG, SOCKET, SupervisorConfig
 from pyro_mcp.supervisor.relay import Relay
-from pyro_mcp.vmm.base import Backend
+from pyro_mcp.vmm.base import Backend, Snapshot
 
 log = logging.getLogger("pyro.supervisor")
+RESTORE_TIMEOUT_S = 20.0
+SHUTDOWN_WAIT_S = 30.0
 
 
 def make_backend(name: str, accel: str) -> Backend:
@@ -65,6 +67,16 @@ class Supervisor:
         self._stop_reason: str | None = None
         self._stop_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
+        self._torn_down = threading.Event()
+        self._shutdown_answered = threading.Event()
+        self._shutdown_asked = False
+        # What a claim may change: the VM's id, TTL, owner and fate.
+        self.vm_id = config.spec.vm_id
+        self.expires_at = config.expires_at
+        self.delete_on_exit = config.delete_on_exit
+        self.owner = (
+            ProcessRef(config.owner_pid, config.owner_start or 0) if config.owner_pid else None
+        )
 
     # --- stopping -----------------------------------------------------------------------
 
@@ -75,6 +87,18 @@ class Supervisor:
                 self._stop_reason = reason
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
+
+    def _guest_lost(self, why: str) -> None:
+        # A VMM that dies closes the guest channel too, often before its exit is noticed:
+        # then the reason is the VMM's exit, not the channel.
+        vmm = self.vmm
+        if vmm is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                vmm.wait(timeout=1.0)
+            if vmm.poll() is not None:
+                self.request_stop(self._vmm_exit_reason())
+                return
+        self.request_stop(f"guest_lost: {why}")
 
     def _vmm_exit_reason(self) -> str:
         assert self.vmm is not None
@@ -88,12 +112,19 @@ class Supervisor:
     # --- boot ---------------------------------------------------------------------------
 
     def boot(self) -> dict[str, Any]:
-        """Start the VMM and bring the guest agent to a configured, answering state."""
+        """Restore the warm snapshot (or cold boot) and bring the agent to a configured state."""
         started = time.monotonic()
-        self.vmm = self.backend.launch(self.spec, self.spec.vm_dir / CONSOLE_LOG)
-        deadline = started + self.config.boot_timeout
-        sock = self.backend.connect_agent(self.spec, self.config.boot_timeout)
-        info, reader = self._handshake(sock, deadline)
+        boot_mode, note = "cold", "no snapshot given"
+        if self.config.snapshot_memory and self.config.snapshot_state:
+            try:
+                sock, info, reader = self._start(restore=True, timeout=RESTORE_TIMEOUT_S)
+                boot_mode, note = "restored", ""
+            except PyroError as exc:
+                note = f"restore failed, cold boot instead: {exc}"
+                log.warning(note)
+                self._kill_vmm()
+        if boot_mode == "cold":
+            sock, info, reader = self._start(restore=False, timeout=self.config.boot_timeout)
         self.relay = Relay(sock, info)
         threading.Thread(
             target=self.relay.run_guest_reader,
@@ -101,9 +132,36 @@ class Supervisor:
             name="guest-reader",
             daemon=True,
         ).start()
-        self.relay.on_guest_lost = lambda why: self.request_stop(f"guest_lost: {why}")
+        self.relay.on_guest_lost = self._guest_lost
         self.relay.local_handler = self._local_op
-        return {**info, "boot_ms": round((time.monotonic() - started) * 1000)}
+        self.relay.after_local = self._after_local
+        boot_ms = round((time.monotonic() - started) * 1000)
+        return {**info, "boot_ms": boot_ms, "boot_mode": boot_mode, "boot_note": note}
+
+    def _start(
+        self, *, restore: bool, timeout: float
+    ) -> tuple[socket.socket, dict[str, Any], protocol.FrameReader]:
+        deadline = time.monotonic() + timeout
+        console = self.spec.vm_dir / CONSOLE_LOG
+        if restore:
+            snapshot = Snapshot(
+                Path(str(self.config.snapshot_memory)), Path(str(self.config.snapshot_state))
+            )
+            self.vmm = self.backend.restore(self.spec, console, snapshot)
+        else:
+            self.vmm = self.backend.launch(self.spec, console)
+        sock = self.backend.connect_agent(self.spec, timeout)
+        info, reader = self._handshake(sock, deadline)
+        return sock, info, reader
+
+    def _kill_vmm(self) -> None:
+        if self.vmm is not None and self.vmm.poll() is None:
+            self.vmm.kill()
+        if self.vmm is not None:
+            self.vmm.wait()
+        self.vmm = None
+        for name in ("agent.sock", "qmp.sock", "api.sock", "vsock.sock"):
+            (self.spec.vm_dir / name).unlink(missing_ok=True)
 
     def _handshake(
         self, sock: socket.socket, deadline: float
@@ -128,6 +186,13 @@ class Supervisor:
         }
         sock.sendall(protocol.encode_frame(protocol.req_header(2, "configure", identity)))
         self._await_result(sock, reader, 2, deadline)
+        if self.config.standby:
+            # A restored guest translates its code anew; pay for the exec path now, not
+            # when the VM is claimed.
+            warm = {"argv": ["true"], "timeout": 30}
+            for rid in (3, 4, 5):  # the first exec translates most, later ones the rest
+                sock.sendall(protocol.encode_frame(protocol.req_header(rid, "exec", warm)))
+                self._await_result(sock, reader, rid, deadline)
         agent = {
             "protocol": info["protocol"],
             "agent_version": str(info.get("agent_version")),
@@ -164,9 +229,32 @@ class Supervisor:
 
     def _local_op(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
         if op == "vm.shutdown":
+            self._shutdown_asked = True
             self.request_stop(str(params.get("reason") or "stopped: requested by a client"))
-            return {"stopping": True}
-        return {"vm_id": self.spec.vm_id, "clients": self.relay.client_count() if self.relay else 0}
+            # Answer once the VM is really gone, so the caller need not poll for it.
+            return {"stopped": self._torn_down.wait(SHUTDOWN_WAIT_S)}
+        if op == "vm.claim":
+            return self._claim(params)
+        return {"vm_id": self.vm_id, "clients": self.relay.client_count() if self.relay else 0}
+
+    def _after_local(self, op: str) -> None:
+        if op == "vm.shutdown":
+            self._shutdown_answered.set()
+
+    def _claim(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Hand a standby VM to its user: new id, TTL, owner and fate."""
+        self.vm_id = str(params["vm_id"])
+        self.expires_at = float(params["expires_at"])
+        self.delete_on_exit = bool(params.get("delete_on_exit"))
+        owner_pid = params.get("owner_pid")
+        self.owner = ProcessRef(int(owner_pid), int(params["owner_start"])) if owner_pid else None
+        log.info("claimed as %s", self.vm_id)
+        self.request_refresh()
+        return {"vm_id": self.vm_id}
+
+    def request_refresh(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"r")
 
     def listen(self) -> None:
         path = self.spec.vm_dir / SOCKET
@@ -182,18 +270,23 @@ class Supervisor:
     def serve(self) -> str:
         """Run until something ends the VM; returns the reason."""
         assert self.vmm is not None and self.listener is not None and self.relay is not None
-        watched: list[int] = [self.listener.fileno(), self._wake_r]
         vmm_fd = os.pidfd_open(self.vmm.pid)
-        watched.append(vmm_fd)
-        owner_fd = self._owner_pidfd()
-        if owner_fd is not None:
-            watched.append(owner_fd)
+        owner, owner_fd = self.owner, self._owner_pidfd()
         while self._stop_reason is None:
-            left = self.config.expires_at - time.time()
+            if self.owner != owner:  # claimed: watch the new owner instead
+                if owner_fd is not None:
+                    os.close(owner_fd)
+                owner, owner_fd = self.owner, self._owner_pidfd()
+                continue
+            left = self.expires_at - time.time()
             if left <= 0:
                 self.request_stop("ttl_expired: the VM reached its TTL")
                 break
+            watched = [self.listener.fileno(), self._wake_r, vmm_fd]
+            watched += [owner_fd] if owner_fd is not None else []
             ready, _, _ = select.select(watched, [], [], min(left, 60.0))
+            if self._wake_r in ready:
+                os.read(self._wake_r, 64)
             if vmm_fd in ready:
                 self.request_stop(self._vmm_exit_reason())
             elif owner_fd is not None and owner_fd in ready:
@@ -207,9 +300,9 @@ class Supervisor:
         return self._stop_reason
 
     def _owner_pidfd(self) -> int | None:
-        if self.config.owner_pid is None:
+        owner = self.owner
+        if owner is None:
             return None
-        owner = ProcessRef(self.config.owner_pid, self.config.owner_start or 0)
         try:
             fd = os.pidfd_open(owner.pid)
         except ProcessLookupError:
@@ -229,14 +322,17 @@ class Supervisor:
         """Kill the VMM, remove every file of the VM, and record the outcome."""
         if self.listener is not None:
             self.listener.close()
-        if self.relay is not None:
-            self.relay.close_clients()
         if self.vmm is not None and self.vmm.poll() is None:
             self.vmm.kill()
         if self.vmm is not None:
             self.vmm.wait()
         remove_vm_files(self.spec.vm_dir)
-        record(self.store, self.config, reason)
+        record(self.store, self.vm_id, self.delete_on_exit, reason)
+        self._torn_down.set()
+        if self._shutdown_asked:  # let the client's answer go out before the sockets close
+            self._shutdown_answered.wait(1.0)
+        if self.relay is not None:
+            self.relay.close_clients()
 
 
 def remove_vm_files(vm_dir: Path) -> None:
@@ -247,9 +343,8 @@ def remove_vm_files(vm_dir: Path) -> None:
         vm_dir.rmdir()
 
 
-def record(store: StateStore, config: SupervisorConfig, reason: str) -> None:
-    vm_id = config.spec.vm_id
-    if config.delete_on_exit or reason.startswith("ttl_expired"):
+def record(store: StateStore, vm_id: str, delete_on_exit: bool, reason: str) -> None:
+    if delete_on_exit or reason.startswith("ttl_expired"):
         store.delete_vm(vm_id)
         return
     store.update_vm(
@@ -283,6 +378,8 @@ def run(vm_dir: Path, ready_fd: int) -> int:
         _report(ready_fd, {"ok": False, "error": f"boot_failed: {reason}"})
         sup.teardown(f"boot_failed: {reason}")
         return 1
+    if config.standby:
+        sup.store.update_vm(config.spec.vm_id, state="standby", boot_mode=info["boot_mode"])
     _report(ready_fd, {"ok": True, "agent": info, "supervisor_pid": os.getpid()})
     reason = sup.serve()
     log.info("stopping: %s", reason)

@@ -22,7 +22,7 @@ from pyro_mcp.guest import protocol
 log = logging.getLogger("pyro.supervisor")
 
 # Requests the supervisor answers itself instead of forwarding.
-LOCAL_OPS = ("hello", "vm.status", "vm.shutdown")
+LOCAL_OPS = ("hello", "vm.status", "vm.shutdown", "vm.claim")
 
 
 class _Conn:
@@ -60,6 +60,7 @@ class Relay:
         self._clients: set[_Conn] = set()
         self.on_guest_lost: Callable[[str], None] = lambda reason: None
         self.local_handler: Callable[[str, dict[str, Any]], dict[str, Any]] = lambda op, p: {}
+        self.after_local: Callable[[str], None] = lambda op: None
 
     # --- guest side ------------------------------------------------------------------------
 
@@ -139,6 +140,7 @@ class Relay:
             conn.send(protocol.error_header(rid, protocol.ERR_INTERNAL, str(exc)))
             return
         conn.send(protocol.ok_header(rid, result))
+        self.after_local(op)
 
     def _forward(self, conn: _Conn, frame: protocol.Frame) -> None:
         guest_id = next(self._ids)

@@ -31,6 +31,14 @@ class VmSpec:
     rw_disk: Path | None = None  # None: the guest keeps its writable layer in RAM
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A VM frozen at agent-ready: guest RAM in one file, device state in another."""
+
+    memory: Path
+    state: Path
+
+
 class Backend(Protocol):
     name: str  # "qemu" or "firecracker"
     accel: str  # "kvm" or "tcg"
@@ -46,6 +54,22 @@ class Backend(Protocol):
         """A connected stream to the guest agent (the handshake is the caller's)."""
         ...
 
+    def launch_template(
+        self, spec: VmSpec, console_log: Path, memory: Path
+    ) -> subprocess.Popen[bytes]:
+        """Cold boot with guest RAM kept in the file `memory`, ready to be snapshotted."""
+        ...
+
+    def save_snapshot(self, spec: VmSpec, state: Path) -> None:
+        """Freeze a template VM (its agent connection closed) and write its device state."""
+        ...
+
+    def restore(
+        self, spec: VmSpec, console_log: Path, snapshot: Snapshot
+    ) -> subprocess.Popen[bytes]:
+        """A new VMM process running the snapshot, guest RAM mapped copy-on-write."""
+        ...
+
 
 def _die_with_parent() -> None:
     # PR_SET_PDEATHSIG: the kernel kills the VMM the moment its supervisor dies, however
@@ -54,7 +78,9 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
-def spawn_vmm(argv: list[str], cwd: Path, console_log: Path) -> subprocess.Popen[bytes]:
+def spawn_vmm(
+    argv: list[str], cwd: Path, console_log: Path, pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen[bytes]:
     """Start a VMM process bound to our lifetime, console output to `console_log`."""
     with console_log.open("ab") as log:
         return subprocess.Popen(
@@ -63,5 +89,6 @@ def spawn_vmm(argv: list[str], cwd: Path, console_log: Path) -> subprocess.Popen
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            pass_fds=pass_fds,
             preexec_fn=_die_with_parent,
         )

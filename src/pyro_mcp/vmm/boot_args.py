@@ -23,13 +23,15 @@ def host_tsc_khz() -> int | None:
 def boot_args(accel: str, *extra: str, quiet: bool = True) -> str:
     """Kernel arguments for a guest running under `accel` ("kvm" or "tcg").
 
-    Under TCG the kernel's TSC calibration against the emulated PIT fails at random when the
-    host is busy, and the boot then hangs; the guest TSC is the host's, so its rate is given.
+    Under TCG the guest TSC is the host's constant TSC. Its calibration against the emulated
+    PIT fails at random when the host is busy (and the boot then hangs), so its rate is given;
+    and after a snapshot restore the TSC jumps, which the clocksource watchdog would take for
+    instability, dropping the guest to a 4 ms jiffies clock, so it is declared reliable.
     """
     args = list(_BASE)
     if quiet:
         args.append("quiet")
     if accel == "tcg" and (khz := host_tsc_khz()) is not None:
-        args.append(f"tsc_early_khz={khz}")
+        args += [f"tsc_early_khz={khz}", "tsc=reliable"]
     args.extend(extra)
     return " ".join(args)

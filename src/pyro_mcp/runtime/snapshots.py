@@ -1,0 +1,176 @@
+"""Warm-start snapshots: one per (environment build, backend, vcpu, memory, agent), made on
+first need by cold-booting a template to agent-ready, verified by digest before every use.
+
+    <cache>/snapshots/<key>/manifest.json    what the snapshot is and its artefact digests
+    <cache>/snapshots/blobs/sha256/<hex>     guest RAM and device state, content-addressed
+    <cache>/snapshots/<key>.lock             held while the snapshot is made
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import platform
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp import paths
+from pyro_mcp.environments.blobs import BlobStore, remove_tree
+from pyro_mcp.environments.service import InstalledEnvironment
+from pyro_mcp.environments.store import now_iso, write_json_atomic
+from pyro_mcp.errors import IntegrityError
+from pyro_mcp.guest import protocol
+from pyro_mcp.guest.client import GuestClient
+from pyro_mcp.runtime.backends import BackendChoice
+from pyro_mcp.vmm.base import Backend, Snapshot, VmSpec
+from pyro_mcp.vmm.boot_args import boot_args
+
+SCHEMA = 1
+TEMPLATE_BOOT_TIMEOUT = {"tcg": 180.0, "kvm": 60.0}
+
+
+def _cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "?"
+    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else "?"
+
+
+def snapshot_key(
+    env: InstalledEnvironment, choice: BackendChoice, vcpu_count: int, mem_mib: int
+) -> dict[str, Any]:
+    """Everything a snapshot depends on; any change means a different snapshot."""
+    artifacts = env.manifest["artifacts"]
+    return {
+        "schema": SCHEMA,
+        "environment": env.environment.name,
+        "kernel": artifacts["kernel"]["sha256"],
+        "initramfs": artifacts["initramfs"]["sha256"],
+        "rootfs": artifacts["rootfs"]["sha256"],
+        "backend": choice.name,
+        "accel": choice.accel,
+        "vcpu_count": vcpu_count,
+        "mem_mib": mem_mib,
+        "agent_version": protocol.AGENT_VERSION,
+        "boot_args": boot_args(choice.accel),
+        "host_cpu": _cpu_model(),
+        "host_kernel": platform.release(),
+    }
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class SnapshotCache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or paths.cache_dir() / "snapshots"
+        self.blobs = BlobStore(self.root / "blobs")
+
+    def manifest_path(self, digest: str) -> Path:
+        return self.root / digest / "manifest.json"
+
+    @contextlib.contextmanager
+    def _locked(self, digest: str) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / f"{digest}.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def lookup(self, key: dict[str, Any]) -> Snapshot | None:
+        """The verified snapshot for `key`; a corrupt or stale one is discarded."""
+        digest = key_digest(key)
+        try:
+            manifest = json.loads(self.manifest_path(digest).read_text())
+        except (OSError, ValueError):
+            return None
+        if manifest.get("key") != key:
+            remove_tree(self.root / digest)
+            return None
+        try:
+            memory = self.blobs.verify(str(manifest["memory"]["sha256"]))
+            state = self.blobs.verify(str(manifest["state"]["sha256"]))
+        except (IntegrityError, KeyError):
+            remove_tree(self.root / digest)
+            return None
+        return Snapshot(memory=memory, state=state)
+
+    def ensure(
+        self, key: dict[str, Any], env: InstalledEnvironment, backend: Backend, vm_root: Path
+    ) -> Snapshot:
+        """The snapshot for `key`, made now (under a lock) if there is none yet."""
+        found = self.lookup(key)
+        if found is not None:
+            return found
+        digest = key_digest(key)
+        with self._locked(digest):
+            found = self.lookup(key)  # another process may have made it meanwhile
+            if found is not None:
+                return found
+            return self._create(key, digest, env, backend, vm_root)
+
+    def _create(
+        self,
+        key: dict[str, Any],
+        digest: str,
+        env: InstalledEnvironment,
+        backend: Backend,
+        vm_root: Path,
+    ) -> Snapshot:
+        work = paths.ensure_private_dir(vm_root / f"template-{digest[:12]}")
+        staging = paths.ensure_private_dir(self.root / "staging" / digest)
+        try:
+            memory, state, boot_ms = make_template(key, env, backend, work, staging)
+            memory_digest, memory_size = self.blobs.add(memory)
+            state_digest, state_size = self.blobs.add(state)
+            manifest = {
+                "key": key,
+                "memory": {"sha256": memory_digest, "size": memory_size},
+                "state": {"sha256": state_digest, "size": state_size},
+                "created_at": now_iso(),
+                "template_boot_ms": boot_ms,
+            }
+            write_json_atomic(self.manifest_path(digest), manifest)
+        finally:
+            remove_tree(work)
+            remove_tree(staging)
+        return Snapshot(self.blobs.path(memory_digest), self.blobs.path(state_digest))
+
+
+def make_template(
+    key: dict[str, Any],
+    env: InstalledEnvironment,
+    backend: Backend,
+    work: Path,
+    staging: Path,
+) -> tuple[Path, Path, int]:
+    """Cold-boot a template to agent-ready, warm it, and write (RAM file, state file)."""
+    spec = VmSpec(
+        "template", work, env.kernel, env.initramfs, env.rootfs,
+        int(key["vcpu_count"]), int(key["mem_mib"]), "pyro-template",
+    )  # fmt: skip
+    memory, state = staging / "memory.ram", staging / "device.state"
+    started = time.monotonic()
+    proc = backend.launch_template(spec, work / "console.log", memory)
+    try:
+        timeout = TEMPLATE_BOOT_TIMEOUT[str(key["accel"])]
+        with GuestClient(backend.connect_agent(spec, timeout)) as client:
+            client.hello(timeout=timeout)
+            # Pull the binaries a first command needs into the guest's page cache.
+            client.exec(["true"], timeout=30)
+            client.exec(command="true", timeout=30)
+        boot_ms = round((time.monotonic() - started) * 1000)
+        # Let the agent see the host leave, so restored copies start between sessions.
+        time.sleep(0.1)
+        backend.save_snapshot(spec, state)
+    finally:
+        proc.kill()
+        proc.wait()
+    return memory, state, boot_ms
