@@ -213,6 +213,8 @@ def test_sigint_of_pyro_run_during_the_boot_removes_the_vm_before_the_cli_exits(
 ) -> None:
     cli = pyro(built_debian12, "run", "debian:12", "--", "true")
     cli.wait_for("stderr", "[run] phase=start", BOOT_LIMIT)
+    # The signal lands while the guest boots (that takes seconds under TCG); whenever it
+    # lands, the VM must be gone by the time the CLI has exited.
     store = StateStore(paths.state_dir())
     leak_guard.wait_until(
         lambda: any(row["supervisor_pid"] for row in store.list_vms()),
@@ -222,17 +224,14 @@ def test_sigint_of_pyro_run_during_the_boot_removes_the_vm_before_the_cli_exits(
     row = only_row(store)
     sup = leak_guard.add_supervisor_of(row)
     vmm = leak_guard.vmm_of(sup)
-    started = time.monotonic()
     cli.proc.send_signal(signal.SIGINT)
     code = cli.finish()
-    took = time.monotonic() - started
     left = {
         "rows": store.list_vms(),
         "supervisor alive": sup.alive(),
         "VMM alive": vmm.alive(),
         "VM directory exists": Path(row["vm_dir"]).exists(),
     }
-    print(f"SIGINT during boot: exit {code} after {took:.1f} s")
     assert left == {
         "rows": [],
         "supervisor alive": False,

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from pyro_mcp.errors import IntegrityError
@@ -26,6 +27,34 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sparse_sha256(path: Path) -> str:
+    """sha256 over the file's size and its data extents (offset + bytes), skipping holes.
+
+    Guest RAM and disk images are mostly holes: this reads only what is allocated, so an
+    8 GiB disk with 4 MB written hashes in milliseconds. Equal files hash equal.
+    """
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        fd = handle.fileno()
+        size = os.fstat(fd).st_size
+        digest.update(b"size:%d\n" % size)
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            digest.update(b"extent:%d:%d\n" % (start, end))
+            handle.seek(start)
+            left = end - start
+            while left > 0 and (chunk := handle.read(min(_CHUNK, left))):
+                digest.update(chunk)
+                left -= len(chunk)
+            offset = end
+    return digest.hexdigest()
+
+
 def _stamp(path: Path) -> list[int]:
     st = path.stat()
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
@@ -34,9 +63,10 @@ def _stamp(path: Path) -> list[int]:
 class BlobStore:
     """Immutable files under `root/sha256/<hex>`, added by atomic rename."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, digest: Callable[[Path], str] = sha256_file) -> None:
         self.root = root
         self.dir = root / "sha256"
+        self._digest = digest
 
     def path(self, digest: str) -> Path:
         return self.dir / digest
@@ -46,7 +76,7 @@ class BlobStore:
 
     def add(self, source: Path) -> tuple[str, int]:
         """Move `source` (on the same file system) into the store; returns (sha256, size)."""
-        digest = sha256_file(source)
+        digest = self._digest(source)
         size = source.stat().st_size
         self.dir.mkdir(parents=True, exist_ok=True)
         target = self.path(digest)
@@ -69,7 +99,7 @@ class BlobStore:
             )
         if self._verified(target, digest):
             return target
-        actual = sha256_file(target)
+        actual = self._digest(target)
         if actual != digest:
             raise IntegrityError(
                 f"cached artefact {target} is corrupt: sha256 is {actual}, manifest says {digest}",

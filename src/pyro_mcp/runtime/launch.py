@@ -89,11 +89,14 @@ def stop_supervisor(vm_dir: Path, supervisor: ProcessRef | None, reason: str) ->
     """Ask the supervisor to end the VM, then make sure it is gone."""
     if supervisor is None or not supervisor.alive():
         return
-    try:
-        with connect(vm_dir, timeout=2.0) as client:
-            client.request("vm.shutdown", {"reason": reason}, timeout=5.0)
-    except Exception:  # an unresponsive supervisor still gets a signal below
+    if not (vm_dir / SOCKET).exists():  # still booting: SIGTERM makes it abandon the boot
         supervisor.signal(signal.SIGTERM)
+    else:
+        try:
+            with connect(vm_dir, timeout=2.0) as client:
+                client.request("vm.shutdown", {"reason": reason}, timeout=5.0)
+        except Exception:  # an unresponsive supervisor still gets a signal
+            supervisor.signal(signal.SIGTERM)
     if not _wait_exit(supervisor, STOP_GRACE_S):
         supervisor.signal(signal.SIGKILL)
         _wait_exit(supervisor, STOP_GRACE_S)

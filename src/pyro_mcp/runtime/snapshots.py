@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import paths
-from pyro_mcp.environments.blobs import BlobStore, remove_tree
+from pyro_mcp.environments.blobs import BlobStore, remove_tree, sparse_sha256
 from pyro_mcp.environments.service import InstalledEnvironment
 from pyro_mcp.environments.store import now_iso, write_json_atomic
 from pyro_mcp.errors import IntegrityError
@@ -29,6 +29,7 @@ from pyro_mcp.guest.client import GuestClient
 from pyro_mcp.runtime.backends import BackendChoice
 from pyro_mcp.vmm.base import Backend, Snapshot, VmSpec
 from pyro_mcp.vmm.boot_args import boot_args
+from pyro_mcp.vmm.disks import make_disk
 
 SCHEMA = 1
 TEMPLATE_BOOT_TIMEOUT = {"tcg": 180.0, "kvm": 60.0}
@@ -44,7 +45,11 @@ def _cpu_model() -> str:
 
 
 def snapshot_key(
-    env: InstalledEnvironment, choice: BackendChoice, vcpu_count: int, mem_mib: int
+    env: InstalledEnvironment,
+    choice: BackendChoice,
+    vcpu_count: int,
+    mem_mib: int,
+    disk_mib: int = 0,
 ) -> dict[str, Any]:
     """Everything a snapshot depends on; any change means a different snapshot."""
     artifacts = env.manifest["artifacts"]
@@ -58,6 +63,7 @@ def snapshot_key(
         "accel": choice.accel,
         "vcpu_count": vcpu_count,
         "mem_mib": mem_mib,
+        "disk_mib": disk_mib,
         "agent_version": protocol.AGENT_VERSION,
         "boot_args": boot_args(choice.accel),
         "host_cpu": _cpu_model(),
@@ -72,7 +78,7 @@ def key_digest(key: dict[str, Any]) -> str:
 class SnapshotCache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or paths.cache_dir() / "snapshots"
-        self.blobs = BlobStore(self.root / "blobs")
+        self.blobs = BlobStore(self.root / "blobs", digest=sparse_sha256)
 
     def manifest_path(self, digest: str) -> Path:
         return self.root / digest / "manifest.json"
@@ -97,10 +103,11 @@ class SnapshotCache:
         try:
             memory = self.blobs.verify(str(manifest["memory"]["sha256"]))
             state = self.blobs.verify(str(manifest["state"]["sha256"]))
-        except (IntegrityError, KeyError):
+            disk = self.blobs.verify(str(manifest["disk"]["sha256"])) if manifest["disk"] else None
+        except (IntegrityError, KeyError, TypeError):
             remove_tree(self.root / digest)
             return None
-        return Snapshot(memory=memory, state=state)
+        return Snapshot(memory=memory, state=state, disk=disk)
 
     def ensure(
         self, key: dict[str, Any], env: InstalledEnvironment, backend: Backend, vm_root: Path
@@ -127,13 +134,18 @@ class SnapshotCache:
         work = paths.ensure_private_dir(vm_root / f"template-{digest[:12]}")
         staging = paths.ensure_private_dir(self.root / "staging" / digest)
         try:
-            memory, state, boot_ms = make_template(key, env, backend, work, staging)
+            memory, state, disk, boot_ms = make_template(key, env, backend, work, staging)
             memory_digest, memory_size = self.blobs.add(memory)
             state_digest, state_size = self.blobs.add(state)
+            disk_entry: dict[str, Any] | None = None
+            if disk is not None:
+                disk_digest, disk_size = self.blobs.add(disk)
+                disk_entry = {"sha256": disk_digest, "size": disk_size}
             manifest = {
                 "key": key,
                 "memory": {"sha256": memory_digest, "size": memory_size},
                 "state": {"sha256": state_digest, "size": state_size},
+                "disk": disk_entry,
                 "created_at": now_iso(),
                 "template_boot_ms": boot_ms,
             }
@@ -141,7 +153,8 @@ class SnapshotCache:
         finally:
             remove_tree(work)
             remove_tree(staging)
-        return Snapshot(self.blobs.path(memory_digest), self.blobs.path(state_digest))
+        disk_path = self.blobs.path(disk_entry["sha256"]) if disk_entry else None
+        return Snapshot(self.blobs.path(memory_digest), self.blobs.path(state_digest), disk_path)
 
 
 def make_template(
@@ -150,11 +163,15 @@ def make_template(
     backend: Backend,
     work: Path,
     staging: Path,
-) -> tuple[Path, Path, int]:
-    """Cold-boot a template to agent-ready, warm it, and write (RAM file, state file)."""
+) -> tuple[Path, Path, Path | None, int]:
+    """Cold-boot a template to agent-ready, warm it; returns (RAM, state, disk, boot ms)."""
+    disk = None
+    if key["disk_mib"]:
+        disk = staging / "disk.ext4"
+        make_disk(disk, int(key["disk_mib"]))
     spec = VmSpec(
         "template", work, env.kernel, env.initramfs, env.rootfs,
-        int(key["vcpu_count"]), int(key["mem_mib"]), "pyro-template",
+        int(key["vcpu_count"]), int(key["mem_mib"]), "pyro-template", rw_disk=disk,
     )  # fmt: skip
     memory, state = staging / "memory.ram", staging / "device.state"
     started = time.monotonic()
@@ -173,4 +190,4 @@ def make_template(
     finally:
         proc.kill()
         proc.wait()
-    return memory, state, boot_ms
+    return memory, state, disk, boot_ms

@@ -25,6 +25,10 @@ def enabled() -> bool:
     return os.environ.get(STANDBY_ENV, "1") != "0"
 
 
+def _kind(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["environment"], row["vcpu_count"], row["mem_mib"], row["disk_mib"])
+
+
 def _alive(row: dict[str, Any]) -> bool:
     return ProcessRef(row["supervisor_pid"] or 0, row["supervisor_start"] or 0).alive()
 
@@ -33,15 +37,14 @@ class StandbyPool:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
-    def claim(
-        self, environment: str, vcpu_count: int, mem_mib: int, execution_mode: str
-    ) -> dict[str, Any] | None:
-        """Take a ready standby VM of this kind out of the pool, or None."""
+    def claim(self, row: dict[str, Any], execution_mode: str) -> dict[str, Any] | None:
+        """Take a ready standby VM of the same kind as `row` out of the pool, or None."""
         with self.store.transaction() as conn:
             rows = conn.execute(
                 "SELECT * FROM vms WHERE state = 'standby' AND environment = ? AND "
-                "vcpu_count = ? AND mem_mib = ? AND execution_mode = ? ORDER BY created_at",
-                (environment, vcpu_count, mem_mib, execution_mode),
+                "vcpu_count = ? AND mem_mib = ? AND disk_mib = ? AND execution_mode = ? "
+                "ORDER BY created_at",
+                (*_kind(row), execution_mode),
             ).fetchall()
             for row in map(dict, rows):
                 if _alive(row) and row["expires_at"] > time.time() + 5:
@@ -51,13 +54,12 @@ class StandbyPool:
                     return row
         return None
 
-    def wanted(self, environment: str, vcpu_count: int, mem_mib: int, execution_mode: str) -> bool:
-        """True when no live standby of this kind is ready or on its way."""
-        kind = (environment, vcpu_count, mem_mib, execution_mode)
-        for row in self.store.list_vms():
-            same = (row["environment"], row["vcpu_count"], row["mem_mib"], row["execution_mode"])
-            booting = row["state"] in ("standby", "standby-booting")
-            if same == kind and booting and _alive(row):
+    def wanted(self, row: dict[str, Any], execution_mode: str) -> bool:
+        """True when no live standby of `row`'s kind is ready or on its way."""
+        kind = (*_kind(row), execution_mode)
+        for other in self.store.list_vms():
+            same = (*_kind(other), other["execution_mode"]) == kind
+            if same and other["state"] in ("standby", "standby-booting") and _alive(other):
                 return False
         return True
 
@@ -70,6 +72,7 @@ class StandbyPool:
             "environment_version": template["environment_version"],
             "vcpu_count": template["vcpu_count"],
             "mem_mib": template["mem_mib"],
+            "disk_mib": template["disk_mib"],
             "ttl_seconds": STANDBY_IDLE_S,
             "created_at": now,
             "expires_at": now + STANDBY_IDLE_S,

@@ -27,6 +27,7 @@ from pyro_mcp.state.store import StateStore
 from pyro_mcp.supervisor.config import SupervisorConfig
 from pyro_mcp.supervisor.main import make_backend, remove_vm_files
 from pyro_mcp.vmm.base import Snapshot, VmSpec
+from pyro_mcp.vmm.disks import clone_disk, make_disk
 
 LIMITS = {
     "vcpu_count": (1, 8),
@@ -36,6 +37,7 @@ LIMITS = {
 }
 BOOT_TIMEOUT = {"tcg": 180.0, "kvm": 60.0}
 WARM_ENV = "PYRO_WARM_START"
+DISK_FILE = "disk.ext4"
 OutputCallback = Callable[[str, bytes], None]
 Command = str | Sequence[str]
 
@@ -141,6 +143,7 @@ class VmService:
         network: bool = False,
         allow_host_compat: bool = False,
         _owner: ProcessRef | None = None,
+        _disk_mib: int = 0,
     ) -> dict[str, Any]:
         """Record a VM (state `created`); nothing runs until start_vm."""
         del allow_host_compat  # accepted for compatibility: commands never run on the host
@@ -169,6 +172,7 @@ class VmService:
             "vm_dir": str(self.store.vm_dir(vm_id)),
             "owner_pid": _owner.pid if _owner else None,
             "owner_start": _owner.start if _owner else None,
+            "disk_mib": _disk_mib,
         }
         self.store.insert_vm(record)
         return self._view(self._row(vm_id))
@@ -217,15 +221,17 @@ class VmService:
         standby_vm: bool = False,
     ) -> SupervisorConfig:
         vm_id = row["vm_id"]
+        vm_dir = paths.ensure_private_dir(Path(row["vm_dir"]))
         spec = VmSpec(
             vm_id,
-            paths.ensure_private_dir(Path(row["vm_dir"])),
+            vm_dir,
             installed.kernel,
             installed.initramfs,
             installed.rootfs,
             row["vcpu_count"],
             row["mem_mib"],
             f"pyro-{vm_id[:8]}",
+            rw_disk=self._writable_disk(row, vm_dir, snapshot),
         )
         owner = row.get("owner_pid")
         return SupervisorConfig(
@@ -242,6 +248,20 @@ class VmService:
             snapshot_state=str(snapshot.state) if snapshot else None,
             standby=standby_vm,
         )
+
+    @staticmethod
+    def _writable_disk(row: dict[str, Any], vm_dir: Path, snapshot: Snapshot | None) -> Path | None:
+        """The VM's own disk: a sparse copy of the snapshot's, or a new one for a cold boot."""
+        if not row["disk_mib"]:
+            return None
+        disk = vm_dir / DISK_FILE
+        if disk.exists():  # a stopped VM keeps its disk
+            return disk
+        if snapshot is not None and snapshot.disk is not None:
+            clone_disk(snapshot.disk, disk)
+        else:
+            make_disk(disk, int(row["disk_mib"]))
+        return disk
 
     def _boot(
         self,
@@ -274,9 +294,7 @@ class VmService:
 
     def _adopt_standby(self, row: dict[str, Any], choice: backends.BackendChoice) -> bool:
         """Give this VM's identity to a ready standby VM; False when none could be had."""
-        claimed = self.pool.claim(
-            row["environment"], row["vcpu_count"], row["mem_mib"], choice.execution_mode
-        )
+        claimed = self.pool.claim(row, choice.execution_mode)
         if claimed is None:
             return False
         vm_id = row["vm_id"]
@@ -321,7 +339,7 @@ class VmService:
     ) -> None:
         """Start a standby VM of this kind in the background unless one exists."""
         mode = choice.execution_mode
-        if not self.pool.wanted(row["environment"], row["vcpu_count"], row["mem_mib"], mode):
+        if not self.pool.wanted(row, mode):
             return
         record = self.pool.new_record(row, mode)
         record["backend"] = choice.name
@@ -356,7 +374,10 @@ class VmService:
         """The warm-start snapshot for this VM, made on first need; None means cold boot."""
         if os.environ.get(WARM_ENV, "1") == "0":
             return None, f"warm start is off ({WARM_ENV}=0)"
-        key = snapshot_key(installed, choice, row["vcpu_count"], row["mem_mib"])
+        if row["disk_mib"] and (Path(row["vm_dir"]) / DISK_FILE).exists():
+            # The template's memory describes the template's disk, not this one's data.
+            return None, "the VM's disk already holds data: cold boot"
+        key = snapshot_key(installed, choice, row["vcpu_count"], row["mem_mib"], row["disk_mib"])
         try:
             found = self.snapshots.lookup(key)
             if found is None and on_phase:

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS vms (
     stop_reason TEXT,
     network_enabled INTEGER NOT NULL DEFAULT 0,
     boot_mode TEXT,
-    boot_note TEXT
+    boot_note TEXT,
+    disk_mib INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -46,7 +47,7 @@ VM_COLUMNS = (
     "vm_id", "environment", "environment_version", "vcpu_count", "mem_mib", "ttl_seconds",
     "created_at", "expires_at", "state", "backend", "execution_mode", "vm_dir",
     "supervisor_pid", "supervisor_start", "owner_pid", "owner_start", "started_at",
-    "stopped_at", "stop_reason", "network_enabled", "boot_mode", "boot_note",
+    "stopped_at", "stop_reason", "network_enabled", "boot_mode", "boot_note", "disk_mib",
 )  # fmt: skip
 
 

@@ -203,11 +203,14 @@ class Supervisor:
     def _await_result(
         self, sock: socket.socket, reader: protocol.FrameReader, rid: int, deadline: float
     ) -> dict[str, Any]:
-        """The result of request `rid`; stops early when the VMM dies or time runs out."""
+        """The result of request `rid`; stops early when the VMM dies, a stop is requested
+        (a signal during the boot) or time runs out."""
         assert self.vmm is not None
         while True:
             if self.vmm.poll() is not None:
                 raise VmmError(self._vmm_exit_reason())
+            if self._stop_reason is not None:
+                raise VmmError(f"boot interrupted: {self._stop_reason}")
             if time.monotonic() > deadline:
                 raise PyroTimeoutError(
                     f"the guest agent did not answer within {self.config.boot_timeout:.0f} s",

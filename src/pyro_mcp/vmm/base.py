@@ -37,6 +37,7 @@ class Snapshot:
 
     memory: Path
     state: Path
+    disk: Path | None = None  # the template's writable disk; each VM gets a sparse copy
 
 
 class Backend(Protocol):
