@@ -88,7 +88,7 @@ def test_verify_trusts_a_matching_stamp_without_hashing(
     def no_hashing(path: Path) -> str:
         raise AssertionError(f"{path} was hashed although its stamp matches")
 
-    monkeypatch.setattr(blobs, "sha256_file", no_hashing)
+    monkeypatch.setattr(store, "_digest", no_hashing)
     assert store.verify(digest) == store.path(digest)
 
 
@@ -105,7 +105,7 @@ def test_verify_rehashes_when_the_stamp_is_missing_and_writes_a_new_one(
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(blobs, "sha256_file", counting)
+    monkeypatch.setattr(store, "_digest", counting)
     store.verify(digest)
     assert calls == [store.path(digest)]
     assert stamp.is_file()
