@@ -16,7 +16,7 @@ from pyro_mcp.environments.store import MANIFEST_SCHEMA, EnvironmentStore
 from pyro_mcp.host import doctor, probe, tools
 from pyro_mcp.vmm import firecracker_binary
 
-BACKENDS = {"firecracker", "qemu-kvm", "qemu-tcg", None}
+BACKENDS = {"firecracker", "qemu-kvm", "qemu-tcg", "auto", None}
 REAL_FIND_FIRECRACKER = firecracker_binary.find_firecracker
 
 
@@ -218,7 +218,7 @@ def test_nothing_usable_selects_nothing(host: Host) -> None:
         (True, False, True, None, "firecracker"),
         (True, True, False, True, "qemu-kvm"),
         (False, True, True, True, "qemu-tcg"),
-        (None, True, False, None, "qemu-tcg"),  # never probed
+        (None, True, False, None, "auto"),  # never probed: the first VM start probes
         (False, True, False, False, None),
         (False, False, True, None, None),
         (True, False, False, None, None),

@@ -51,10 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("[error] interrupted\n")
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): nothing left to tell
+        return EXIT_ERROR
     except OSError as exc:  # the host said no (permissions, disk full, …): still no traceback
         return report_error(SystemFault(f"host error: {exc}"), as_json)
-    except BrokenPipeError:  # pragma: no cover - reader went away
-        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

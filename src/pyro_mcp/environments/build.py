@@ -173,4 +173,6 @@ def refresh_guest(
     progress.phase("initramfs", "the guest agent changed: rebuilding the initramfs only")
     digest = build_initramfs(store, bundle, staging)
     root = str(manifest["artifacts"]["rootfs"]["sha256"])
-    return write_manifest(env, store, bundle, digest, root, list(manifest["packages"]), progress)
+    return write_manifest(
+        env, store, bundle, digest, root, list(manifest.get("packages", [])), progress
+    )

@@ -138,14 +138,14 @@ def _probes(
         if run:
             outcome = probe.boot_probe(
                 qemu["path"],
-                qemu["version"] or "?",
+                probe.qemu_identity(qemu["path"]),
                 accel,
                 found["kernel"],
                 found["initramfs"],
                 sha,
             )
         else:
-            outcome = probe.cached_probe(accel, sha, qemu["version"] or "?")
+            outcome = probe.cached_probe(accel, sha, probe.qemu_identity(qemu["path"]))
         result[accel] = outcome.to_dict() if outcome else None
     return result
 
@@ -175,6 +175,9 @@ def _backend(
         return "firecracker", "KVM runs a stock guest kernel and Firecracker is installed"
     if kvm_ok and qemu["path"]:
         return "qemu-kvm", "KVM runs a stock guest kernel; Firecracker is not installed"
+    if kvm_ok is None and qemu["path"]:
+        why = "decided by a KVM boot probe at the first VM start (no guest kernel pulled yet)"
+        return "auto", why
     if qemu["path"]:
         tcg = probes.get("tcg")
         if tcg is not None and not tcg["ok"]:

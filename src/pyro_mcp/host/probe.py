@@ -41,6 +41,12 @@ class ProbeResult:
         return asdict(self)
 
 
+def qemu_identity(binary: str) -> str:
+    """Names a QEMU build for the probe cache without running it (a run costs ~20 ms)."""
+    st = os.stat(binary)
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
 def qemu_probe_command(qemu: str, accel: str, kernel: Path, initramfs: Path) -> list[str]:
     cpu = "host" if accel == "kvm" else "max"
     return [
@@ -137,6 +143,8 @@ def boot_probe(
         guest_kernel_sha256=kernel_sha,
         probed_at=time.time(),
     )
+    if not ok and accel == "tcg":
+        return result  # a software CPU always works in the end: a failure here is transient
     path = _cache_path(accel, kernel_sha, qemu_version)
     # An unwritable cache only costs a probe next time; the doctor must not fail over it.
     with contextlib.suppress(OSError):

@@ -28,12 +28,6 @@ class BackendChoice:
         return f"{self.name}-{self.accel}"
 
 
-def _qemu_identity(binary: str) -> str:
-    """Names this QEMU build for the probe cache without running it (a run costs ~20 ms)."""
-    st = os.stat(binary)
-    return f"{st.st_size}-{st.st_mtime_ns}"
-
-
 def _kvm_works(env: InstalledEnvironment) -> tuple[bool, str]:
     if not (os.access("/dev/kvm", os.R_OK | os.W_OK)):
         return False, "/dev/kvm is missing or not accessible"
@@ -41,7 +35,9 @@ def _kvm_works(env: InstalledEnvironment) -> tuple[bool, str]:
     if qemu is None:
         return False, "QEMU is needed to probe KVM"
     sha = str(env.manifest["artifacts"]["kernel"]["sha256"])
-    result = probe.boot_probe(qemu, _qemu_identity(qemu), "kvm", env.kernel, env.initramfs, sha)
+    result = probe.boot_probe(
+        qemu, probe.qemu_identity(qemu), "kvm", env.kernel, env.initramfs, sha
+    )
     return result.ok, result.reason
 
 
