@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,25 +56,32 @@ class StateStore:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or paths.state_dir()
         self.path = self.root / "state.sqlite3"
+        # One connection per thread and store: opening one and running the schema script
+        # cost more than the queries on the VM start path.
+        self._local = threading.local()
 
     def vm_dir(self, vm_id: str) -> Path:
         return self.root / "vms" / vm_id
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or not self.path.exists():
+            conn = self._open()
+            self._local.conn = conn
+        yield conn
+
+    def _open(self) -> sqlite3.Connection:
         paths.ensure_private_dir(self.root)
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         conn.row_factory = sqlite3.Row
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            # WAL with NORMAL is still consistent after a crash; it only skips the fsync per
-            # commit, which cost several milliseconds on every VM state change.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.executescript(_SCHEMA)
-            yield conn
-        finally:
-            conn.close()
+        conn.execute("PRAGMA journal_mode=WAL")
+        # WAL with NORMAL is still consistent after a crash; it only skips the fsync per
+        # commit, which cost several milliseconds on every VM state change.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.executescript(_SCHEMA)
+        return conn
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
