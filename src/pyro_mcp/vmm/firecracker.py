@@ -5,7 +5,8 @@ drives, machine size and vsock device, then starts the instance (no config file 
 The agent is reached through the vsock bridge: a UNIX socket where `CONNECT <port>` opens a
 stream to that guest port. As root, the jailer runs Firecracker chrooted under an unprivileged
 uid/gid: the VM's files are hard links in the chroot, Firecracker's paths are relative to it,
-and its sockets live there (`api_socket_path`, `agent_socket_path`).
+and its sockets live there (`api_socket_path`, `agent_socket_path`). Warm-start snapshots
+are in firecracker_snapshot.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
@@ -35,6 +36,8 @@ from pyro_mcp.vmm.firecracker_binary import BIN_ENV, find_firecracker
 
 API_SOCKET = "api.sock"
 VSOCK_SOCKET = "vsock.sock"
+ROOTFS_NAME = "rootfs"  # the disks' names in the jail, or beside a template or restored VM
+RW_NAME = "rw"
 GUEST_CID = 3  # 0-2 are reserved; every VM has its own bridge, so all guests can use 3
 JAIL_DIR = "jail"
 JAILER_UID_ENV = "PYRO_JAILER_UID"
@@ -269,6 +272,8 @@ class FirecrackerBackend:
         # The ids the VMM runs as: the jail's, or ours when there is no jailer.
         self.uid = _jail_id_from_env(JAILER_UID_ENV) if use_jailer else os.geteuid()
         self.gid = _jail_id_from_env(JAILER_GID_ENV) if use_jailer else os.getegid()
+        # Template VM directory -> where save_snapshot() is to put the guest RAM.
+        self.template_memory: dict[Path, Path] = {}
 
     @property
     def execution_mode(self) -> str:
@@ -302,15 +307,29 @@ class FirecrackerBackend:
             "--", "--api-sock", f"/{API_SOCKET}",
         ]  # fmt: skip
 
-    def prepare(self, spec: VmSpec) -> GuestFiles:
-        """Clear what an earlier run of this VM left and lay out its files for Firecracker."""
+    def prepare(self, spec: VmSpec, *, portable: bool = False) -> GuestFiles:
+        """Clear what an earlier run of this VM left and lay out its files for Firecracker.
+
+        `portable` names the disks relative to Firecracker's working directory. A snapshot
+        stores the drive paths and a restore reopens them, so only such names let every
+        VM restored from one snapshot find its own disks. Paths in the jail are always so.
+        """
         if self.jailer is not None:
             return self._prepare_jail(spec)
         # Firecracker will not bind a socket path that already exists.
         for name in (API_SOCKET, VSOCK_SOCKET):
             (spec.vm_dir / name).unlink(missing_ok=True)
-        rw = str(spec.rw_disk) if spec.rw_disk is not None else None
-        return GuestFiles(str(spec.kernel), str(spec.initramfs), str(spec.rootfs), rw)
+        if not portable:
+            rw = str(spec.rw_disk) if spec.rw_disk is not None else None
+            return GuestFiles(str(spec.kernel), str(spec.initramfs), str(spec.rootfs), rw)
+        # Symbolic links: without a chroot they resolve anywhere, across file systems too.
+        for name, source in ((ROOTFS_NAME, spec.rootfs), (RW_NAME, spec.rw_disk)):
+            (spec.vm_dir / name).unlink(missing_ok=True)
+            if source is not None:
+                (spec.vm_dir / name).symlink_to(source.absolute())
+        rw = RW_NAME if spec.rw_disk is not None else None
+        # The kernel and initrd are read at boot only: a restore never opens them.
+        return GuestFiles(str(spec.kernel), str(spec.initramfs), ROOTFS_NAME, rw)
 
     def _prepare_jail(self, spec: VmSpec) -> GuestFiles:
         if not _JAIL_ID_RE.fullmatch(spec.vm_id):
@@ -324,13 +343,13 @@ class FirecrackerBackend:
         root.mkdir(parents=True)
         _place(spec.kernel, root / "vmlinux", may_copy=True)
         _place(spec.initramfs, root / "initrd", may_copy=True)
-        _place(spec.rootfs, root / "rootfs", may_copy=False)
+        _place(spec.rootfs, root / ROOTFS_NAME, may_copy=False)
         rw = None
         if spec.rw_disk is not None:
-            _place(spec.rw_disk, root / "rw", may_copy=False)
-            os.chown(root / "rw", self.uid, self.gid)  # the jailed VMM writes it
-            rw = "/rw"
-        return GuestFiles("/vmlinux", "/initrd", "/rootfs", rw)
+            _place(spec.rw_disk, root / RW_NAME, may_copy=False)
+            os.chown(root / RW_NAME, self.uid, self.gid)  # the jailed VMM writes it
+            rw = f"/{RW_NAME}"
+        return GuestFiles("/vmlinux", "/initrd", f"/{ROOTFS_NAME}", rw)
 
     def configure(self, api: FirecrackerApi, spec: VmSpec, files: GuestFiles) -> None:
         """Describe the VM to a fresh Firecracker and start it."""
@@ -357,6 +376,15 @@ class FirecrackerBackend:
         """
         _require_kvm()
         files = self.prepare(spec)
+        return self.start(spec, console_log, lambda api: self.configure(api, spec, files))
+
+    def start(
+        self, spec: VmSpec, console_log: Path, setup: Callable[[FirecrackerApi], None]
+    ) -> Popen[bytes]:
+        """Run Firecracker on the prepared VM directory and `setup` it through its API.
+
+        On any failure the VMM is killed before the error propagates: no VM without an owner.
+        """
         argv = self.command(spec)
         try:
             proc = spawn_vmm(argv, spec.vm_dir, console_log)
@@ -367,7 +395,7 @@ class FirecrackerBackend:
         try:
             api_path = self.api_socket_path(spec)
             _wait_for_api(proc, api_path, console_log)
-            self.configure(FirecrackerApi(api_path), spec, files)
+            setup(FirecrackerApi(api_path))
         except BaseException:
             proc.kill()
             proc.wait()
@@ -395,20 +423,25 @@ class FirecrackerBackend:
             hint="the guest may still be booting or may have failed; check its console log",
         )
 
-    # --- warm start: not implemented for Firecracker yet; callers fall back to a cold boot ---
+    # --- warm start (the code lives in firecracker_snapshot, which builds on this module) ---
 
     def launch_template(self, spec: VmSpec, console_log: Path, memory: Path) -> Popen[bytes]:
-        raise _no_snapshots()
+        """Cold boot with portable disk names; save_snapshot() writes guest RAM to `memory`."""
+        from pyro_mcp.vmm.firecracker_snapshot import launch_template
+
+        return launch_template(self, spec, console_log, memory)
 
     def save_snapshot(self, spec: VmSpec, state: Path) -> None:
-        raise _no_snapshots()
+        """Pause the template and write its device state to `state`, its RAM to `memory`."""
+        from pyro_mcp.vmm.firecracker_snapshot import save_snapshot
+
+        save_snapshot(self, spec, state)
 
     def restore(self, spec: VmSpec, console_log: Path, snapshot: Snapshot) -> Popen[bytes]:
-        raise _no_snapshots()
+        """A fresh Firecracker resuming `snapshot`, its RAM file mapped copy-on-write."""
+        from pyro_mcp.vmm.firecracker_snapshot import restore
 
-
-def _no_snapshots() -> VmmError:
-    return VmmError("the Firecracker backend does not make or restore snapshots yet")
+        return restore(self, spec, console_log, snapshot)
 
 
 def _drive(drive_id: str, path: str, *, read_only: bool) -> dict[str, Any]:
