@@ -665,6 +665,7 @@ def test_real_kernel_starts_but_cannot_run_where_kvm_is_unusable(
 
 @pytest.mark.integration
 @pytest.mark.vm
+@pytest.mark.kvm
 def test_guest_agent_answers_under_firecracker(
     real_backend: FirecrackerBackend,
     launched: Launched,

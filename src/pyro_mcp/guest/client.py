@@ -24,6 +24,7 @@ from pyro_mcp.errors import (
     PyroTimeoutError,
 )
 from pyro_mcp.guest import protocol
+from pyro_mcp.host.unix import connect_unix
 
 OutputCallback = Callable[[str, bytes], None]
 
@@ -457,14 +458,7 @@ def _validate(parse: Callable[[dict[str, Any]], object], params: dict[str, Any])
 
 
 def _unix(path: str, timeout: float) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(path)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return connect_unix(path, timeout)
 
 
 def connect_firecracker_vsock_socket(uds_path: str, port: int, timeout: float) -> socket.socket:

@@ -131,7 +131,8 @@ class SnapshotCache:
         backend: Backend,
         vm_root: Path,
     ) -> Snapshot:
-        work = paths.ensure_private_dir(vm_root / f"template-{digest[:12]}")
+        # As short as a VM directory name: its sockets must fit in sun_path (108 bytes).
+        work = paths.ensure_private_dir(vm_root / f"t-{digest[:10]}")
         staging = paths.ensure_private_dir(self.root / "staging" / digest)
         try:
             memory, state, disk, boot_ms = make_template(key, env, backend, work, staging)

@@ -27,6 +27,7 @@ from typing import Any
 from pyro_mcp.errors import GuestError, PyroError, PyroTimeoutError, VmmError
 from pyro_mcp.guest import protocol
 from pyro_mcp.host.process import ProcessRef
+from pyro_mcp.host.unix import bind_unix
 from pyro_mcp.state.store import StateStore
 from pyro_mcp.supervisor.config import CONSOLE_LOG, LOG, SOCKET, SupervisorConfig
 from pyro_mcp.supervisor.relay import Relay
@@ -265,7 +266,7 @@ class Supervisor:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            self.listener.bind(str(path))
+            bind_unix(self.listener, path)
         finally:
             os.umask(old)
         self.listener.listen(64)

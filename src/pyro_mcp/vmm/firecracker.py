@@ -21,7 +21,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
@@ -30,6 +30,7 @@ from typing import Any
 from pyro_mcp.errors import HostRequirementError, InvalidArgumentError, PyroTimeoutError, VmmError
 from pyro_mcp.guest.client import connect_firecracker_vsock_socket
 from pyro_mcp.guest.protocol import AGENT_VSOCK_PORT
+from pyro_mcp.host.unix import connect_unix, unix_address
 from pyro_mcp.vmm.base import Snapshot, VmSpec, spawn_vmm
 from pyro_mcp.vmm.boot_args import boot_args
 from pyro_mcp.vmm.firecracker_binary import BIN_ENV, find_firecracker
@@ -51,7 +52,6 @@ _JAILER_HINT = f"run pyro as root with the jailer installed (`{INSTALL_HINT}`), 
 
 _ATTEMPT_S = 0.5
 _RETRY_PAUSE_S = 0.02
-_SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes, the last one a NUL
 _JAIL_ID_RE = re.compile(r"[A-Za-z0-9-]{1,64}")  # what the jailer accepts as --id
 _CONSOLE_TAIL_BYTES = 2000
 
@@ -84,32 +84,6 @@ sys.exit(code(os.waitpid(init, 0)[1]))
 
 
 # --- UNIX sockets -------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def unix_address(path: Path) -> Iterator[str]:
-    """An address for `path` that connect() takes even beyond the 108-byte limit."""
-    # A jailed VM's sockets sit five levels below the VM directory: go through a dir fd.
-    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
-        yield str(path)
-        return
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
-
-
-def connect_unix(path: Path, timeout: float | None) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        with unix_address(path) as address:
-            sock.connect(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 # --- the API client -----------------------------------------------------------------------

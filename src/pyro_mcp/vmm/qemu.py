@@ -17,6 +17,7 @@ from pathlib import Path
 from pyro_mcp.errors import PyroTimeoutError, VmmError
 from pyro_mcp.guest.protocol import SERIAL_PORT_NAME
 from pyro_mcp.host import tools
+from pyro_mcp.host.unix import connect_unix
 from pyro_mcp.vmm.base import Snapshot, VmSpec, spawn_vmm
 from pyro_mcp.vmm.boot_args import boot_args
 from pyro_mcp.vmm.qmp import Qmp
@@ -137,12 +138,10 @@ class QemuBackend:
         path = spec.vm_dir / AGENT_SOCKET
         deadline = time.monotonic() + timeout
         while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.connect(str(path))
+                sock = connect_unix(path, None)
                 return sock
             except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()
                 if time.monotonic() >= deadline:
                     raise PyroTimeoutError(
                         f"QEMU did not open the agent socket {path} within {timeout:.0f} s"

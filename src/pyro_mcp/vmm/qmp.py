@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp.errors import PyroTimeoutError, VmmError
+from pyro_mcp.host.unix import connect_unix
 
 
 class Qmp:
@@ -26,12 +27,10 @@ class Qmp:
         """Connect once QEMU has created the socket, and read its greeting."""
         deadline = time.monotonic() + timeout
         while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.connect(str(path))
+                sock = connect_unix(path, None)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()
                 if time.monotonic() >= deadline:
                     raise PyroTimeoutError(f"QEMU did not open its monitor {path}") from None
                 time.sleep(0.002)
