@@ -79,12 +79,12 @@ def built_debian12(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltEn
         shutil.rmtree(cache_dir, ignore_errors=True)
 
 
-REQUIRE_VM_TESTS_ENV = "PYRO_REQUIRE_VM_TESTS"
+REQUIRE_VM_TESTS_ENV = "PYRO_TEST_REQUIRE_VM"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """With PYRO_REQUIRE_VM_TESTS=1 (CI), a skipped VM test fails where QEMU can run it.
+    """With PYRO_TEST_REQUIRE_VM=1 (CI), a skipped VM test fails where QEMU can run it.
 
     Tests marked `kvm` need a hardware-capable KVM, which QEMU alone cannot stand in for.
     """
