@@ -2,7 +2,7 @@
 
 The next VM of that kind claims it (an atomic state change in the store) instead of restoring
 one, and a replacement is started in the background. A standby VM that nobody claims ends by
-itself after `STANDBY_IDLE_S`. `PYRO_STANDBY=0` turns the pool off.
+itself after `PYRO_STANDBY_IDLE_SECONDS` (600 by default). `PYRO_STANDBY=0` turns the pool off.
 """
 
 from __future__ import annotations
@@ -17,12 +17,21 @@ from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.state.store import StateStore
 
 STANDBY_ENV = "PYRO_STANDBY"
-STANDBY_IDLE_S = 600
+IDLE_ENV = "PYRO_STANDBY_IDLE_SECONDS"
+DEFAULT_IDLE_S = 600
 STANDBY_STATES = ("standby", "standby-booting", "claimed")
 
 
 def enabled() -> bool:
     return os.environ.get(STANDBY_ENV, "1") != "0"
+
+
+def idle_seconds() -> int:
+    """How long an unclaimed standby VM waits before it ends itself."""
+    try:
+        return max(10, int(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S)))
+    except ValueError:
+        return DEFAULT_IDLE_S
 
 
 def _kind(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -73,9 +82,9 @@ class StandbyPool:
             "vcpu_count": template["vcpu_count"],
             "mem_mib": template["mem_mib"],
             "disk_mib": template["disk_mib"],
-            "ttl_seconds": STANDBY_IDLE_S,
+            "ttl_seconds": idle_seconds(),
             "created_at": now,
-            "expires_at": now + STANDBY_IDLE_S,
+            "expires_at": now + idle_seconds(),
             "state": "standby-booting",
             "execution_mode": execution_mode,
             "vm_dir": str(self.store.vm_dir(vm_id)),
