@@ -80,14 +80,18 @@ def base_archive(busybox: Path, modules: list[KernelModule]) -> bytes:
     return write_cpio(entries)
 
 
+# Host-side modules of the guest package that never go into a VM.
+_HOST_ONLY = frozenset({"__init__.py", "client.py"})
+
+
 def guest_files() -> dict[str, bytes]:
-    """The init and agent files shipped in this package, by their path in the initramfs."""
+    """The init and every guest-side agent module, by their path in the initramfs."""
     guest = resources.files("pyro_mcp.guest")
-    return {
-        "init": guest.joinpath("init.sh").read_bytes(),
-        "pyro/agent/agent.py": guest.joinpath("agent.py").read_bytes(),
-        "pyro/agent/protocol.py": guest.joinpath("protocol.py").read_bytes(),
-    }
+    files = {"init": guest.joinpath("init.sh").read_bytes()}
+    for entry in sorted(guest.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".py") and entry.name not in _HOST_ONLY:
+            files[f"pyro/agent/{entry.name}"] = entry.read_bytes()
+    return files
 
 
 def guest_digest() -> str:
