@@ -1,6 +1,7 @@
 """VM engine benchmark: cold one-shot runs, exec round trips, and host memory of an idle VM.
 
-Prints one JSON document. Usage (the environment is built first if needed):
+Every VM here cold-boots (warm start and standby VMs are switched off; bench/warm_start.py
+compares those paths). Prints one JSON document. Usage:
 
     .venv/bin/python bench/vm_engine.py [--runs 10] [--execs 50] [--environment debian:12]
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -115,6 +117,7 @@ def main() -> None:
     parser.add_argument("--execs", type=int, default=50)
     parser.add_argument("--environment", default="debian:12")
     args = parser.parse_args()
+    os.environ.update(PYRO_WARM_START="0", PYRO_STANDBY="0")
     pyro = Pyro()
     pyro.environments.ensure(args.environment)
     cold = cold_runs(pyro, args.environment, args.runs)

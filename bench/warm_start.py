@@ -85,6 +85,7 @@ def sdk_runs(pyro: Pyro, env: str, path: str, runs: int) -> list[float]:
 
 def cli_runs(env: str, path: str, runs: int, pyro: Pyro) -> dict[str, Any]:
     argv = [sys.executable, "-m", "pyro_mcp.cli.main", "run", env, "--", "true"]
+    version = [sys.executable, "-m", "pyro_mcp.cli.main", "--version"]
     samples: list[float] = []
     startup: list[float] = []
     with path_env(path):
@@ -93,7 +94,6 @@ def cli_runs(env: str, path: str, runs: int, pyro: Pyro) -> dict[str, Any]:
             if path == "standby":
                 wait_for_standby(pyro)
             timed(samples, lambda: subprocess.run(argv, check=True, capture_output=True))
-            version = [sys.executable, "-m", "pyro_mcp.cli.main", "--version"]
             timed(startup, lambda: subprocess.run(version, check=True, capture_output=True))
         pyro.vms.clear_standby()
     return {"run_true": summary(samples), "python_startup_and_imports": summary(startup)}
@@ -200,9 +200,7 @@ def main() -> None:
         "runs": args.runs,
         "sdk_run_in_vm_true": sdk,
         "warm_speedup_vs_cold_p50": round(sdk["cold"]["p50_ms"] / sdk["warm"]["p50_ms"], 1),
-        "standby_speedup_vs_cold_p50": round(
-            sdk["cold"]["p50_ms"] / sdk["standby"]["p50_ms"], 1
-        ),
+        "standby_speedup_vs_cold_p50": round(sdk["cold"]["p50_ms"] / sdk["standby"]["p50_ms"], 1),
         "cli_pyro_run_true": {p: cli_runs(env, p, args.runs, pyro) for p in PATHS},
         **exec_round_trip(pyro, env),
         "idle_memory_1_vm": idle_memory(pyro, env, 1),
