@@ -123,8 +123,20 @@ class Pyro:
         return self.environments.pull(environment, progress)
 
     def prune_environments(self) -> dict[str, Any]:
-        """Remove stale or broken environment installs and unreferenced artefacts."""
-        return self.environments.prune()
+        """Remove stale or broken environment installs, stale snapshots, unreferenced artefacts."""
+        from pyro_mcp.runtime import snapshots
+
+        result = self.environments.prune()
+        installed = set()
+        for env in self.environments.list():
+            manifest = env.get("install_manifest")
+            if manifest:
+                a = manifest["artifacts"]
+                installed.add(
+                    (a["kernel"]["sha256"], a["initramfs"]["sha256"], a["rootfs"]["sha256"])
+                )
+        result["deleted_snapshots"] = snapshots.prune(self.vms.snapshots, installed)
+        return result
 
     # --- host ----------------------------------------------------------------------------
 

@@ -106,6 +106,8 @@ def _prune(args: argparse.Namespace) -> int:
             print(f"- {path}")
         if data["deleted_blobs"]:
             print(f"Deleted {len(data['deleted_blobs'])} unreferenced artefacts.")
+        if data.get("deleted_snapshots"):
+            print(f"Deleted {len(data['deleted_snapshots'])} stale warm-start snapshots.")
 
     show(result, args.json, render)
     return 0

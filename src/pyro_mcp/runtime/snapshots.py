@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import platform
 import re
 import time
@@ -23,9 +24,10 @@ from pyro_mcp import paths
 from pyro_mcp.environments.blobs import BlobStore, remove_tree, sparse_sha256
 from pyro_mcp.environments.service import InstalledEnvironment
 from pyro_mcp.environments.store import now_iso, write_json_atomic
-from pyro_mcp.errors import IntegrityError
+from pyro_mcp.errors import IntegrityError, PyroError
 from pyro_mcp.guest import protocol
 from pyro_mcp.guest.client import GuestClient
+from pyro_mcp.host import tools
 from pyro_mcp.runtime.backends import BackendChoice
 from pyro_mcp.vmm.base import Backend, Snapshot, VmSpec
 from pyro_mcp.vmm.boot_args import boot_args
@@ -42,6 +44,25 @@ def _cpu_model() -> str:
         return "?"
     match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
     return match.group(1).strip() if match else "?"
+
+
+def _vmm_build(choice: BackendChoice) -> str:
+    """Names the VMM binary a restore would run: its device state is only readable by the
+    build that wrote it, so an upgraded VMM needs a new snapshot (not a failed restore)."""
+    try:
+        if choice.name == "firecracker":
+            from pyro_mcp.vmm.firecracker_binary import find_firecracker
+
+            found = find_firecracker()
+            path = str(found.path) if found is not None else None
+        else:
+            path = tools.QEMU.path()
+        if path is None:
+            return "?"
+        st = os.stat(path)
+    except (OSError, PyroError):
+        return "?"
+    return f"{Path(path).name}:{st.st_size}-{st.st_mtime_ns}"
 
 
 def snapshot_key(
@@ -68,6 +89,7 @@ def snapshot_key(
         "boot_args": boot_args(choice.accel),
         "host_cpu": _cpu_model(),
         "host_kernel": platform.release(),
+        "vmm_build": _vmm_build(choice),
     }
 
 
@@ -97,7 +119,7 @@ class SnapshotCache:
             manifest = json.loads(self.manifest_path(digest).read_text())
         except (OSError, ValueError):
             return None
-        if manifest.get("key") != key:
+        if not isinstance(manifest, dict) or manifest.get("key") != key:
             remove_tree(self.root / digest)
             return None
         try:
@@ -156,6 +178,43 @@ class SnapshotCache:
             remove_tree(staging)
         disk_path = self.blobs.path(disk_entry["sha256"]) if disk_entry else None
         return Snapshot(self.blobs.path(memory_digest), self.blobs.path(state_digest), disk_path)
+
+
+def is_current(key: dict[str, Any], artifacts: set[tuple[str, str, str]]) -> bool:
+    """Whether a snapshot key still matches an installed environment and this pyro build."""
+    built_from = (key.get("kernel"), key.get("initramfs"), key.get("rootfs"))
+    return (
+        key.get("schema") == SCHEMA
+        and built_from in artifacts
+        and key.get("agent_version") == protocol.AGENT_VERSION
+        and key.get("boot_args") == boot_args(str(key.get("accel")))
+        and key.get("host_kernel") == platform.release()
+    )
+
+
+def prune(cache: SnapshotCache, artifacts: set[tuple[str, str, str]]) -> list[str]:
+    """Remove snapshots nothing can use any more, then their unreferenced blobs."""
+    removed, keep = [], set()
+    entries = sorted(cache.root.iterdir()) if cache.root.is_dir() else []
+    for entry in entries:
+        if entry.name in ("blobs", "staging") or not entry.is_dir():
+            continue
+        try:
+            manifest = json.loads((entry / "manifest.json").read_text())
+            current = is_current(manifest["key"], artifacts)
+        except (OSError, ValueError, KeyError, TypeError):
+            manifest, current = {}, False
+        if not current:
+            remove_tree(entry)
+            (cache.root / f"{entry.name}.lock").unlink(missing_ok=True)
+            removed.append(entry.name)
+            continue
+        keep |= {manifest[k]["sha256"] for k in ("memory", "state", "disk") if manifest.get(k)}
+    for digest in cache.blobs.digests():
+        if digest not in keep:
+            cache.blobs.discard(digest)
+    remove_tree(cache.root / "staging")
+    return removed
 
 
 def make_template(

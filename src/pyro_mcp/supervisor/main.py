@@ -120,8 +120,10 @@ class Supervisor:
             try:
                 sock, info, reader = self._start(restore=True, timeout=RESTORE_TIMEOUT_S)
                 boot_mode, note = "restored", ""
-            except PyroError as exc:
-                note = f"restore failed, cold boot instead: {exc}"
+            except (PyroError, OSError) as exc:  # OSError: the VMM died under our feet
+                if self._stop_reason is not None:  # told to stop: no cold boot either
+                    raise
+                note = f"restore failed, cold boot instead: {self._failure(exc)}"
                 log.warning(note)
                 self._kill_vmm()
         if boot_mode == "cold":
@@ -152,8 +154,22 @@ class Supervisor:
         else:
             self.vmm = self.backend.launch(self.spec, console)
         sock = self.backend.connect_agent(self.spec, timeout)
-        info, reader = self._handshake(sock, deadline)
+        try:
+            info, reader = self._handshake(sock, deadline)
+        except BaseException:
+            sock.close()
+            raise
         return sock, info, reader
+
+    def _failure(self, exc: BaseException) -> str:
+        """Why a boot attempt failed: the VMM's exit (with its console) if it ended."""
+        vmm = self.vmm
+        if vmm is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                vmm.wait(timeout=1.0)
+            if vmm.poll() is not None:
+                return self._vmm_exit_reason()
+        return str(exc) or type(exc).__name__
 
     def _kill_vmm(self) -> None:
         if self.vmm is not None and self.vmm.poll() is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from pathlib import Path
 
@@ -12,8 +13,13 @@ DEFAULT_DISK_MIB = 8192
 
 def make_disk(path: Path, size_mib: int) -> None:
     """A new, empty ext4 image; lazy init keeps it a few megabytes on the host."""
-    with path.open("wb") as handle:
-        handle.truncate(size_mib << 20)
+    try:
+        with path.open("wb") as handle:
+            handle.truncate(size_mib << 20)
+    except OSError as exc:  # a missing directory, a full or read-only file system
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise VmmError(f"cannot create the VM's disk {path}: {exc.strerror or exc}") from exc
     proc = subprocess.run(
         ["mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-L", "pyro-rw",
          "-E", "lazy_itable_init=1,lazy_journal_init=1", str(path)],

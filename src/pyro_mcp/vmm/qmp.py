@@ -36,14 +36,21 @@ class Qmp:
                 time.sleep(0.002)
         qmp = cls(sock)
         sock.settimeout(max(deadline - time.monotonic(), 1.0))
-        qmp._read_message()  # the greeting
+        try:
+            qmp._read_message()  # the greeting
+        except BaseException:
+            sock.close()
+            raise
         return qmp
 
     def send(self, command: str, arguments: dict[str, Any] | None = None) -> None:
         message: dict[str, Any] = {"execute": command}
         if arguments:
             message["arguments"] = arguments
-        self.sock.sendall(json.dumps(message).encode() + b"\n")
+        try:
+            self.sock.sendall(json.dumps(message).encode() + b"\n")
+        except OSError as exc:  # QEMU is gone (EPIPE) or stuck (timeout): the VMM failed
+            raise _failure(exc) from exc
 
     def result(self) -> Any:
         """The next command answer (events seen on the way are kept in `events`)."""
@@ -63,15 +70,27 @@ class Qmp:
 
     def _read_message(self) -> dict[str, Any]:
         while b"\n" not in self._buffer:
-            chunk = self.sock.recv(65536)
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError as exc:  # a reset: QEMU died with our commands unread
+                raise _failure(exc) from exc
             if not chunk:
                 raise VmmError("QEMU closed its monitor connection")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
-        message = json.loads(line)
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
         if not isinstance(message, dict):
             raise VmmError(f"unexpected QMP message: {line[:200]!r}")
         return message
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _failure(exc: OSError) -> VmmError | PyroTimeoutError:
+    if isinstance(exc, TimeoutError):
+        return PyroTimeoutError("QEMU did not answer on its monitor in time")
+    return VmmError(f"QEMU's monitor connection failed: {exc}")
