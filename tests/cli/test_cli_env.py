@@ -176,7 +176,8 @@ def test_env_pull_json_prints_only_the_result(
 def test_env_prune_on_an_empty_cache(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "env", "prune", "--json")
     assert code == 0
-    assert json.loads(out) == {"deleted_environment_dirs": [], "count": 0, "deleted_blobs": []}
+    expected = {"deleted_environment_dirs": [], "count": 0, "deleted_blobs": []}
+    assert json.loads(out) == {**expected, "deleted_snapshots": []}
     code, out, _ = run(capsys, "env", "prune")
     assert code == 0
     assert out == "Deleted 0 cached environment entries.\n"
