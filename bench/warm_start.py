@@ -31,6 +31,7 @@ from pyro_mcp.runtime import backends, launch
 from pyro_mcp.runtime.snapshots import snapshot_key
 from pyro_mcp.supervisor.main import make_backend
 from pyro_mcp.vmm.base import VmSpec
+from pyro_mcp.vmm.disks import clone_disk, make_disk
 
 PATHS = {
     "cold": {"PYRO_WARM_START": "0", "PYRO_STANDBY": "0"},
@@ -185,6 +186,23 @@ def restore_times(pyro: Pyro, env: str, mem_mib: int, runs: int = 10) -> dict[st
     return {"guest_mem_mib": mem_mib, "restore_to_agent_hello": summary(samples)}
 
 
+def disk_clone_times(root: Path, runs: int = 10) -> dict[str, Any]:
+    """A VM's writable disk is a sparse copy of the template's: its cost must not grow with size."""
+    out: dict[str, Any] = {}
+    root.mkdir(parents=True, exist_ok=True)
+    for size_mib in (1024, 32768):
+        template = root / f"template-{size_mib}.ext4"
+        make_disk(template, size_mib)
+        samples: list[float] = []
+        for i in range(runs):
+            target = root / f"clone-{size_mib}-{i}.ext4"
+            timed(samples, lambda src=template, dst=target: clone_disk(src, dst))
+            target.unlink()
+        template.unlink()
+        out[f"{size_mib}_mib"] = summary(samples)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
@@ -205,6 +223,9 @@ def main() -> None:
         **exec_round_trip(pyro, env),
         "idle_memory_1_vm": idle_memory(pyro, env, 1),
         "idle_memory_8_vms": idle_memory(pyro, env, 8),
+        "idle_memory_1_vm_256_mib": idle_memory(pyro, env, 1, mem_mib=256),
+        "idle_memory_1_vm_2048_mib": idle_memory(pyro, env, 1, mem_mib=2048),
+        "disk_clone": disk_clone_times(pyro.vms.store.root / "bench-disks"),
         "restore_256_mib": restore_times(pyro, env, 256),
         "restore_2048_mib": restore_times(pyro, env, 2048),
     }
