@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import stat
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pyro_mcp.environments import catalog
 from pyro_mcp.environments.service import InstalledEnvironment
 from pyro_mcp.errors import PyroTimeoutError
 from pyro_mcp.guest import protocol
+from pyro_mcp.host import tools
 from pyro_mcp.runtime import snapshots
 from pyro_mcp.runtime.backends import BackendChoice
 from pyro_mcp.runtime.snapshots import SnapshotCache, key_digest, snapshot_key
@@ -78,7 +80,7 @@ VARIATIONS |= {
     "schema": _patched(snapshots, "SCHEMA", snapshots.SCHEMA + 1),
     "agent_version": _patched(protocol, "AGENT_VERSION", protocol.AGENT_VERSION + "+next"),
     "host_cpu": _patched(snapshots, "_cpu_model", lambda: "Another CPU @ 1.00GHz"),
-    "host_kernel": _patched(snapshots.platform, "release", lambda: "0.0.0-other"),
+    "host_kernel": _patched(platform, "release", lambda: "0.0.0-other"),
     # The guest's TSC rate is part of the command line a TCG template booted with.
     "boot_args": _patched(boot_args_module, "host_tsc_khz", lambda: 1234567),
     # A snapshot's device state is only readable by the VMM build that wrote it.
@@ -115,12 +117,12 @@ def test_the_vmm_build_names_the_qemu_binary_by_size_and_mtime(
 ) -> None:
     binary = tmp_path / "qemu-system-x86_64"
     binary.write_bytes(b"build one")
-    monkeypatch.setattr(snapshots.tools, "QEMU", SimpleNamespace(path=lambda: str(binary)))
+    monkeypatch.setattr(tools, "QEMU", SimpleNamespace(path=lambda: str(binary)))
     first = snapshots._vmm_build(QEMU_TCG)
     assert first == snapshots._vmm_build(QEMU_TCG)
     binary.write_bytes(b"build number two")  # an upgrade: another size and mtime
     assert snapshots._vmm_build(QEMU_TCG) != first
-    monkeypatch.setattr(snapshots.tools, "QEMU", SimpleNamespace(path=lambda: None))
+    monkeypatch.setattr(tools, "QEMU", SimpleNamespace(path=lambda: None))
     assert snapshots._vmm_build(QEMU_TCG) == "?"
 
 

@@ -40,7 +40,7 @@ class Peer:
 
     def read(self, count: int = 1) -> list[dict[str, Any]]:
         """The next `count` commands (fails the script after WAIT seconds)."""
-        got = []
+        got: list[dict[str, Any]] = []
         while len(got) < count:
             while b"\n" not in self.buffer:
                 chunk = self.conn.recv(65536)

@@ -290,7 +290,11 @@ class VmService:
             raise
         agent = report.get("agent", {})
         mode = str(agent.get("boot_mode", "cold"))
-        self.store.update_vm(row["vm_id"], boot_mode=mode, boot_note=agent.get("boot_note") or note)
+        # Without a snapshot the supervisor only knows it got none; this side knows why.
+        said = str(agent.get("boot_note") or "")
+        self.store.update_vm(
+            row["vm_id"], boot_mode=mode, boot_note=(note or said) if snapshot is None else said
+        )
 
     def _adopt_standby(self, row: dict[str, Any], choice: backends.BackendChoice) -> bool:
         """Give this VM's identity to a ready standby VM; False when none could be had."""

@@ -104,6 +104,9 @@ class Supervisor:
     def _vmm_exit_reason(self) -> str:
         assert self.vmm is not None
         code = self.vmm.poll()
+        if code is None:  # poll() says None while another thread is reaping it (the relay's)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.vmm.wait(timeout=5.0)
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         tail = console_tail(self.spec.vm_dir)
         return f"vmm_exited: the VMM process ended unexpectedly ({how})" + (
