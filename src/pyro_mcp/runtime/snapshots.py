@@ -112,6 +112,18 @@ class SnapshotCache:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
+    def discard(self, snapshot: Snapshot) -> None:
+        """Forget a snapshot that verified but would not restore; the next start remakes it."""
+        if not self.root.is_dir():
+            return
+        for manifest_path in self.root.glob("*/manifest.json"):
+            try:
+                memory = json.loads(manifest_path.read_text())["memory"]["sha256"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if memory == snapshot.memory.name:
+                remove_tree(manifest_path.parent)
+
     def lookup(self, key: dict[str, Any]) -> Snapshot | None:
         """The verified snapshot for `key`; a corrupt or stale one is discarded."""
         digest = key_digest(key)

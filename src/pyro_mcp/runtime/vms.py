@@ -255,7 +255,7 @@ class VmService:
         if not row["disk_mib"]:
             return None
         disk = vm_dir / DISK_FILE
-        if disk.exists():  # a stopped VM keeps its disk
+        if disk.exists():  # already made for this start (a standby claimed it, for one)
             return disk
         if snapshot is not None and snapshot.disk is not None:
             clone_disk(snapshot.disk, disk)
@@ -292,6 +292,8 @@ class VmService:
         mode = str(agent.get("boot_mode", "cold"))
         # Without a snapshot the supervisor only knows it got none; this side knows why.
         said = str(agent.get("boot_note") or "")
+        if snapshot is not None and mode == "cold":
+            self.snapshots.discard(snapshot)  # it verified but did not restore: remake it
         self.store.update_vm(
             row["vm_id"], boot_mode=mode, boot_note=(note or said) if snapshot is None else said
         )
@@ -343,6 +345,7 @@ class VmService:
     ) -> None:
         """Start a standby VM of this kind in the background unless one exists."""
         mode = choice.execution_mode
+        self.pool.forget_dead()
         if not self.pool.wanted(row, mode):
             return
         record = self.pool.new_record(row, mode)
