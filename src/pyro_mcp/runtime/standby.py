@@ -96,7 +96,9 @@ class StandbyPool:
         return [row for row in self.store.list_vms() if row["state"] in STANDBY_STATES]
 
     def forget_dead(self) -> None:
+        """Drop rows of standby VMs whose supervisor is gone (a row just made has no pid yet)."""
+        settled = time.time() - 30
         for row in self.standby_rows():
-            if not _alive(row):
+            if row["created_at"] < settled and not _alive(row):
                 with contextlib.suppress(Exception):
                     self.store.delete_vm(row["vm_id"])
