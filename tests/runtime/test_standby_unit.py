@@ -235,12 +235,15 @@ def test_a_new_record_is_a_booting_standby_that_ends_when_idle(
 
 def test_standby_rows_and_forget_dead(store: StateStore, dead: ProcessRef) -> None:
     live = {add_row(store, state=s) for s in ("standby", "standby-booting", "claimed")}
-    gone = add_row(store, supervisor=dead)
-    started = add_row(store, state="started", supervisor=dead)
+    old = time.time() - 60
+    gone = add_row(store, supervisor=dead, created_at=old)
+    # A row this young may still be waiting for its supervisor's pid: never taken for dead.
+    fresh = add_row(store, state="standby-booting", supervisor=dead)
+    started = add_row(store, state="started", supervisor=dead, created_at=old)
     pool = StandbyPool(store)
-    assert {row["vm_id"] for row in pool.standby_rows()} == live | {gone}
+    assert {row["vm_id"] for row in pool.standby_rows()} == live | {gone, fresh}
     pool.forget_dead()
-    assert {row["vm_id"] for row in pool.standby_rows()} == live
+    assert {row["vm_id"] for row in pool.standby_rows()} == live | {fresh}
     assert store.get_vm(started) is not None  # not a standby: none of the pool's business
 
 
