@@ -92,7 +92,9 @@ def test_gnu_cpio_reads_our_archive(tmp_path: Path) -> None:
 
 def test_guest_files_hold_init_and_agent() -> None:
     files = initramfs.guest_files()
-    assert set(files) == {"init", "pyro/agent/agent.py", "pyro/agent/protocol.py"}
+    modules = ("agent", "agent_archive", "agent_exec", "agent_files", "agent_patch")
+    modules += ("agent_system", "protocol", "protocol_files")
+    assert set(files) == {"init", *(f"pyro/agent/{name}.py" for name in modules)}
     assert files["init"].startswith(b"#!")
     assert b"PYRO_PROBE_OK" in files["init"]
     assert all(files.values())

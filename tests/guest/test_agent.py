@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from pyro_mcp.environments import initramfs
 from pyro_mcp.guest import agent as agent_module
 from pyro_mcp.guest import protocol
 from pyro_mcp.guest.protocol import Frame, FrameReader, encode_frame
 
 PY311 = "/root/.pyenv/versions/3.11.7/bin/python3.11"
-GUEST_DIR = Path(agent_module.__file__).parent
 WAIT = 15.0
 
 
@@ -88,8 +88,10 @@ def start_agent(workdir: Path, python: str | None = None) -> RunningAgent:
     else:
         opt = workdir / "opt"
         opt.mkdir()
-        for name in ("agent.py", "protocol.py"):
-            shutil.copy(GUEST_DIR / name, opt / name)
+        # Exactly what the initramfs ships, so a module missing from it fails here.
+        for name, data in initramfs.guest_files().items():
+            if name.startswith("pyro/agent/"):
+                (opt / name.removeprefix("pyro/agent/")).write_bytes(data)
         command = [python, "-E", "-s", str(opt / "agent.py"), *args]
     log = workdir / "agent.log"
     with open(log, "wb") as log_file:
@@ -200,7 +202,11 @@ def test_agent_serves_every_op(workdir: Path, python: str | None) -> None:
         info = conn.hello()
         assert info["protocol"] == protocol.PROTOCOL_VERSION
         assert info["agent_version"] == protocol.AGENT_VERSION
-        assert set(info["ops"]) == {"hello", "ping", "exec", "configure", "sync", "shutdown"}
+        assert set(info["ops"]) == {
+            *("hello", "ping", "exec", "configure", "sync", "shutdown"),
+            *("file.list", "file.read", "file.write", "file.delete", "tree.manifest"),
+            *("tar.create", "tar.extract", "patch.apply"),
+        }
         pong = conn.call(2, "ping", {})["result"]
         assert pong["pong"] is True and isinstance(pong["time"], float)
         conn.request(3, "exec", {"argv": ["printf", "%s|", "a b", "it's"], "timeout": 10})
@@ -314,6 +320,16 @@ def test_request_ids_are_unique_while_running(raw: Raw) -> None:
     assert answer["error"]["code"] == protocol.ERR_INVALID_ARGUMENT
     raw.send(protocol.cancel_header(5))
     assert raw.until_result(5)[1]["result"]["cancelled"] is True
+
+
+def test_input_frames_for_requests_without_input_are_dropped(raw: Raw) -> None:
+    raw.request(2, "exec", {"command": "echo done", "timeout": 10})
+    raw.send(protocol.in_header(2), b"nobody reads this")
+    raw.send(protocol.in_header(2))
+    raw.send(protocol.in_header(99), b"no such request")
+    output, answer = raw.until_result(2)
+    assert output["stdout"] == b"done\n" and answer["result"]["exit_code"] == 0
+    assert raw.call(3, "ping", {})["ok"]
 
 
 def test_oversized_frame_drops_only_that_connection(running: RunningAgent) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -512,3 +513,125 @@ def test_guest_error_text_is_sanitised() -> None:
         assert not client.closed  # an error answer is no protocol violation
     text = str(caught.value)
     assert "\x1b" not in text and "\x07" not in text and len(text) < 700
+
+
+# --- workspace operations against a scripted, hostile guest ---------------------------------
+
+
+def answer_with(
+    result: dict[str, Any], output: list[tuple[str, bytes]] | None = None
+) -> Callable[[ScriptedGuest], None]:
+    def script(guest: ScriptedGuest) -> None:
+        request = guest.next_request()
+        for stream, data in output or []:
+            guest.send(protocol.out_header(request.id, stream), data)
+        guest.send(protocol.ok_header(request.id, result))
+
+    return script
+
+
+def lines(*items: dict[str, Any]) -> bytes:
+    return b"".join(json.dumps(item).encode() + b"\n" for item in items)
+
+
+ENTRY = {"path": "/workspace/d/f", "artifact_type": "file", "size_bytes": 1, "link_target": None}
+MANIFEST = {"path": "f", "type": "file", "size": 1, "mtime_ns": 5, "sha256": "ab" * 32}
+
+
+def listing(*items: dict[str, Any], **extra: Any) -> tuple[dict[str, Any], list[Any]]:
+    data = lines(*items)
+    result = {"entry_count": len(items), "truncated": False, "data_bytes": len(data), **extra}
+    return result, [("data", data)]
+
+
+def test_scripted_guest_well_formed_listing() -> None:
+    result, output = listing(ENTRY)
+    with GuestClient(ScriptedGuest(answer_with(result, output)).host) as client:
+        got = client.list_files("d")
+        assert got.entries[0].path == "/workspace/d/f" and not got.truncated
+
+
+FILE_CASES: list[tuple[str, dict[str, Any], list[Any], str]] = [
+    ("list", *listing({**ENTRY, "path": "/etc/passwd"}), "malformed path"),
+    ("list", *listing({**ENTRY, "path": "/workspace/elsewhere"}), "outside the listed path"),
+    ("list", *listing({**ENTRY, "artifact_type": "door"}), "entry type"),
+    ("list", *listing({**ENTRY, "size_bytes": -1}), "size_bytes"),
+    ("list", *listing(ENTRY, entry_count=2), "entry_count"),
+    ("list", *listing(ENTRY, data_bytes=3), "data_bytes"),
+    (
+        "list",
+        {"entry_count": 1, "truncated": False, "data_bytes": 5},
+        [("data", b"{{{{\n")],
+        "not JSON",
+    ),
+    ("manifest", *listing({**MANIFEST, "sha256": "xyz"}, hashed=1, started_ns=1), "sha256"),
+    ("manifest", *listing({**MANIFEST, "path": "/abs"}, hashed=1, started_ns=1), "path"),
+    ("manifest", *listing(MANIFEST, hashed=2, started_ns=1), "hashed"),
+    (
+        "read",
+        {"bytes_read": 3, "size_bytes": 3, "truncated": False},
+        [("data", b"ab")],
+        "bytes_read",
+    ),
+    (
+        "read",
+        {"bytes_read": 2, "size_bytes": 2, "truncated": False},
+        [("stdout", b"ab")],
+        "nothing may arrive on stdout",
+    ),
+    ("read", {}, [("data", b"x" * 11)], "more than 10 bytes"),
+    ("write", {"bytes_written": 4, "size_bytes": 4}, [], "bytes_written"),
+    (
+        "patch",
+        *listing({"path": "/workspace/x", "status": "exploded", "source": None}),
+        "status",
+    ),
+    (
+        "tar",
+        {"entry_count": 1, "bytes_written": 9, "artifact_type": "file", "skipped": 0},
+        [("data", b"x")],
+        "bytes_written",
+    ),
+    ("exec", GOOD_EXEC, [("data", b"x")], "nothing may arrive on data"),
+]
+
+
+def run_file_op(client: GuestClient, op: str) -> object:
+    if op == "list":
+        return client.list_files("d")
+    if op == "manifest":
+        return client.manifest()
+    if op == "read":
+        return client.read_file("f", max_bytes=10)
+    if op == "write":
+        return client.write_file("f", b"abc")
+    if op == "patch":
+        return client.apply_patch("--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n")
+    if op == "tar":
+        return client.create_tar("f", lambda chunk: None)
+    return client.exec(["x"], timeout=5)
+
+
+@pytest.mark.parametrize(("op", "result", "output", "message"), FILE_CASES)
+def test_malformed_file_results_close_the_connection(
+    op: str, result: dict[str, Any], output: list[tuple[str, bytes]], message: str
+) -> None:
+    client = GuestClient(ScriptedGuest(answer_with(result, output)).host)
+    with pytest.raises(GuestError, match=message):
+        run_file_op(client, op)
+    assert client.closed
+    client.close()
+
+
+def test_a_guest_that_stops_reading_input_times_out_the_upload() -> None:
+    def stall(guest: ScriptedGuest) -> None:
+        guest.next_request()
+        time.sleep(WAIT)  # never reads the input
+
+    client = GuestClient(ScriptedGuest(stall).host)
+    started = time.monotonic()
+    with pytest.raises(PyroTimeoutError, match="stopped taking input"):
+        client.write_file("f", bytes(32 * 1024 * 1024), timeout=1.0)
+    assert time.monotonic() - started < 5
+    assert client.closed  # half a frame went out: the connection cannot carry another
+    client.close()

@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from pyro_mcp.guest import protocol
+from pyro_mcp.guest import protocol_files as pf
 from pyro_mcp.guest.protocol import Frame, FrameError, FrameReader, encode_frame
 
 
@@ -47,6 +48,9 @@ SAMPLES = [
     (protocol.error_header(2, protocol.ERR_UNKNOWN_OP, "nope"), b""),
     (protocol.error_header(0, protocol.ERR_PROTOCOL, "connection-level"), b""),
     (protocol.cancel_header(3), b""),
+    (protocol.out_header(4, "data"), b"file contents"),
+    (protocol.in_header(4), b"\x00input bytes"),
+    (protocol.in_header(4), b""),  # the end of request 4's input
 ]
 
 
@@ -135,6 +139,8 @@ BAD_HEADERS = [
     b'{"id": 1, "t": "req"}',
     b'{"id": 1, "t": "req", "op": "ping", "params": []}',
     b'{"id": 1, "t": "out", "stream": "stdin"}',
+    b'{"id": 0, "t": "in"}',
+    b'{"id": -3, "t": "in"}',
     b'{"id": 1, "t": "res"}',
     b'{"id": 1, "t": "res", "ok": true}',
     b'{"id": 1, "t": "res", "ok": false, "error": {"code": 1, "message": "x"}}',
@@ -240,3 +246,154 @@ def test_parse_configure() -> None:
 def test_parse_configure_rejects(params: dict[str, object]) -> None:
     with pytest.raises(protocol.ParamError):
         protocol.parse_configure(params)
+
+
+def test_input_frames() -> None:
+    data = encode_frame(protocol.in_header(7), b"chunk")
+    (frame,) = read_all(data)
+    assert (frame.id, frame.type, frame.body) == (7, protocol.IN, b"chunk")
+    assert frame.header == {"id": 7, "t": "in"}
+    with pytest.raises(FrameError, match="non-zero id"):
+        encode_frame(protocol.in_header(0), b"x")
+    with pytest.raises(FrameError, match="body"):
+        encode_frame(protocol.in_header(1), b"x" * (protocol.MAX_BODY_BYTES + 1))
+
+
+# --- workspace parameters (protocol_files) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "parts"),
+    [
+        ("/workspace", ()),
+        ("/workspace/", ()),
+        ("", ()),
+        (".", ()),
+        ("a/b", ("a", "b")),
+        ("/workspace/a//./b/", ("a", "b")),
+        ("./a", ("a",)),
+        ("sp ace/ü", ("sp ace", "ü")),
+        ("...", ("...",)),
+    ],
+)
+def test_workspace_parts(path: str, parts: tuple[str, ...]) -> None:
+    assert pf.workspace_parts(path) == parts
+    assert pf.logical(parts) == "/".join(("/workspace", *parts))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "..",
+        "a/../b",
+        "/workspace/..",
+        "/etc/passwd",
+        "/workspaces/x",
+        "/",
+        "a\0b",
+        "x" * 256,
+        "a/" * 2100,
+        None,
+        5,
+    ],
+)
+def test_workspace_parts_rejects(path: object) -> None:
+    with pytest.raises(protocol.ParamError):
+        pf.workspace_parts(path)
+
+
+def test_parse_file_params() -> None:
+    got = pf.parse_file_params("file.read", {"path": "a", "max_bytes": 10})
+    assert got == pf.FileParams(parts=("a",), max_bytes=10)
+    assert pf.parse_file_params("file.list", {}).parts == ()
+    assert pf.parse_file_params("tar.extract", {"dest": "d"}).parts == ("d",)
+    assert pf.parse_file_params("tree.manifest", {"since": True}).since is True
+    assert pf.parse_file_params("patch.apply", {}) == pf.FileParams()
+
+
+@pytest.mark.parametrize(
+    ("op", "params"),
+    [
+        ("file.read", {}),  # the workspace itself is not a file
+        ("file.write", {"path": "/workspace"}),
+        ("file.delete", {"path": ""}),
+        ("file.read", {"path": "a", "max_bytes": -1}),
+        ("file.read", {"path": "a", "max_bytes": pf.MAX_READ_BYTES + 1}),
+        ("file.read", {"path": "a", "max_bytes": True}),
+        ("file.read", {"path": "a", "recursive": True}),
+        ("file.list", {"recursive": "yes"}),
+        ("file.write", {"path": "a", "create_parents": 1}),
+        ("tar.extract", {"path": "a"}),
+        ("patch.apply", {"path": "a"}),
+    ],
+)
+def test_parse_file_params_rejects(op: str, params: dict[str, object]) -> None:
+    with pytest.raises(protocol.ParamError):
+        pf.parse_file_params(op, params)
+
+
+def test_parse_since() -> None:
+    assert pf.parse_since(b'{"a/b": [1, 2]}') == {"a/b": (1, 2)}
+    for bad in (b"[]", b"{", b'{"a": [1, 2, 3]}', b'{"a": [1, "2"]}', b'{"a": [false, 1]}'):
+        with pytest.raises(protocol.ParamError):
+            pf.parse_since(bad)
+
+
+def changes(patch: str) -> list[tuple[str, str, str | None]]:
+    found = pf.parse_patch(patch)
+    return [("/".join(f.parts), f.status, f.source and "/".join(f.source)) for f in found]
+
+
+def test_parse_patch_plain_unified_diff() -> None:
+    patch = (
+        "--- a/src/x.py\t2024-01-01 00:00:00\n+++ b/src/x.py\t2024-01-02\n"
+        "@@ -1,3 +1,3 @@\n a\n--- not a header: a removed line\n+++ nor this\n c\n"
+        "--- /dev/null\n+++ b/new.txt\n@@ -0,0 +1 @@\n+n\n"
+        "--- a/gone.txt\n+++ /dev/null\n@@ -1 +0,0 @@\n-g\n\\ No newline at end of file\n"
+    )
+    assert changes(patch) == [
+        ("src/x.py", "modified", None),
+        ("new.txt", "added", None),
+        ("gone.txt", "deleted", None),
+    ]
+
+
+def test_parse_patch_git_extended_headers() -> None:
+    patch = (
+        "diff --git a/empty b/empty\nnew file mode 100644\nindex 0000000..e69de29\n"
+        "diff --git a/old name.txt b/new name.txt\nsimilarity index 100%\n"
+        "rename from old name.txt\nrename to new name.txt\n"
+        'diff --git "a/t\\303\\244b\\tx" "b/t\\303\\244b\\tx"\ndeleted file mode 100644\n'
+        "diff --git a/m.sh b/m.sh\nold mode 100644\nnew mode 100755\n"
+        "diff --git a/c1 b/c2\nsimilarity index 100%\ncopy from c1\ncopy to c2\n"
+        "diff --git a/bin b/bin\nindex 1..2 100644\nGIT binary patch\nliteral 3\nKcmZ?wKm`B-\n\n"
+    )
+    assert changes(patch) == [
+        ("empty", "added", None),
+        ("new name.txt", "renamed", "old name.txt"),
+        ("täb\tx", "deleted", None),
+        ("m.sh", "modified", None),
+        ("c2", "added", "c1"),
+        ("bin", "modified", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        "--- /etc/passwd\n+++ /etc/passwd\n@@ -1 +1 @@\n-a\n+b\n",
+        "--- a/../x\n+++ b/../x\n@@ -1 +1 @@\n-a\n+b\n",
+        "--- a/ok\n+++ b/x/../../y\n@@ -1 +1 @@\n-a\n+b\n",
+        "diff --git a/x b/y\nrename from x\nrename to ../y\n",
+        "diff --git a/x b/x\ncopy from /etc/shadow\ncopy to x\n",
+        'diff --git "a/x\n',
+        "--- a/x\n+++ b/x\n@@ bogus @@\n",
+    ],
+)
+def test_parse_patch_refuses_paths_leaving_the_workspace(patch: str) -> None:
+    with pytest.raises(protocol.ParamError):
+        pf.parse_patch(patch)
+
+
+def test_parse_patch_of_text_without_a_diff_is_empty() -> None:
+    assert pf.parse_patch("hello\nworld\n") == []

@@ -215,6 +215,33 @@ def test_cancel_is_forwarded_with_the_guest_side_id(harness: Harness) -> None:
     assert harness.guest.nothing_pending()
 
 
+def test_input_frames_are_forwarded_with_the_guest_side_id(harness: Harness) -> None:
+    one, two = harness.client(), harness.client()
+    one.hello()
+    two.hello()
+    # Both clients stream input to their own request 3 at once.
+    one.send(protocol.req_header(3, "file.write", {"path": "a"}))
+    first = harness.guest.read()
+    two.send(protocol.req_header(3, "file.write", {"path": "b"}))
+    second = harness.guest.read()
+    one.send(protocol.in_header(3), b"for a")
+    two.send(protocol.in_header(3), b"for b")
+    one.send(protocol.in_header(3))
+    got = [harness.guest.read() for _ in range(3)]
+    assert all(f.type == protocol.IN for f in got)
+    # Two clients' frames interleave in any order; one request's input keeps its order.
+    assert [f.body for f in got if f.id == first.id] == [b"for a", b""]  # b"": end of input
+    assert [f.body for f in got if f.id == second.id] == [b"for b"]
+    harness.guest.send(protocol.ok_header(first.id, {"bytes_written": 5}))
+    res = one.read()
+    assert (res.id, res.header["result"]) == (3, {"bytes_written": 5})
+    # Input for a request that has ended, or that never existed, goes nowhere.
+    one.send(protocol.in_header(3), b"late")
+    one.send(protocol.in_header(77), b"stray")
+    assert harness.guest.nothing_pending()
+    assert harness.lost == []
+
+
 def test_a_disconnecting_client_has_its_requests_cancelled(harness: Harness) -> None:
     leaving, staying = harness.client(), harness.client()
     leaving.hello()
@@ -253,7 +280,7 @@ def test_local_ops_run_in_the_supervisor_and_their_failures_are_errors(harness: 
     assert harness.guest.nothing_pending()
 
 
-def test_clients_may_only_send_requests_and_cancels(harness: Harness) -> None:
+def test_clients_may_only_send_requests_input_and_cancels(harness: Harness) -> None:
     client = harness.client()
     client.hello()
     client.send(protocol.ok_header(4, {}))

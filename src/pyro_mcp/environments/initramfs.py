@@ -80,8 +80,9 @@ def base_archive(busybox: Path, modules: list[KernelModule]) -> bytes:
     return write_cpio(entries)
 
 
-# Host-side modules of the guest package that never go into a VM.
-_HOST_ONLY = frozenset({"__init__.py", "client.py"})
+# Host-side modules of the guest package never go into a VM: they are the client*.py ones.
+def _host_only(name: str) -> bool:
+    return name == "__init__.py" or name.startswith("client")
 
 
 def guest_files() -> dict[str, bytes]:
@@ -89,7 +90,7 @@ def guest_files() -> dict[str, bytes]:
     guest = resources.files("pyro_mcp.guest")
     files = {"init": guest.joinpath("init.sh").read_bytes()}
     for entry in sorted(guest.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".py") and entry.name not in _HOST_ONLY:
+        if entry.name.endswith(".py") and not _host_only(entry.name):
             files[f"pyro/agent/{entry.name}"] = entry.read_bytes()
     return files
 

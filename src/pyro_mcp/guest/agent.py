@@ -1,99 +1,124 @@
 """pyro guest agent: serves the guest protocol (see protocol.py) inside the VM.
 
-Runs as ``python3 /opt/pyro/agent/agent.py`` with protocol.py next to it, so it stays
-stdlib-only and Python 3.11 compatible. The transport is virtio-serial or AF_VSOCK, chosen by
-``pyro.transport=`` on the kernel command line, or ``--unix PATH`` for tests on the host.
+Runs as ``python3 /opt/pyro/agent/agent.py`` with its sibling modules next to it (protocol*.py,
+agent_*.py), so it stays stdlib-only and Python 3.11 compatible. The transport is virtio-serial
+or AF_VSOCK, chosen by ``pyro.transport=`` on the kernel command line, or ``--unix PATH`` for
+tests on the host.
+
+This module is the transport, the sessions and the dispatch; the operations live in
+agent_exec.py (exec), agent_files.py (file.*, tree.manifest), agent_archive.py (tar.*),
+agent_patch.py (patch.apply) and agent_system.py (configure, power).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
-import ctypes
-import fcntl
 import glob
 import logging
 import os
-import selectors
 import signal
 import socket
-import struct
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 try:
-    from pyro_mcp.guest import protocol
-except ImportError:  # inside the guest protocol.py sits next to this script
+    from pyro_mcp.guest import agent_archive, agent_exec, agent_files, agent_patch, protocol
+    from pyro_mcp.guest.agent_system import REBOOT_CMDS, AgentConfig, configure
+except ImportError:  # inside the guest the modules sit next to this script
+    import agent_archive  # type: ignore[import-not-found, no-redef]
+    import agent_exec  # type: ignore[import-not-found, no-redef]
+    import agent_files  # type: ignore[import-not-found, no-redef]
+    import agent_patch  # type: ignore[import-not-found, no-redef]
     import protocol  # type: ignore[no-redef, import-not-found]
+    from agent_system import (  # type: ignore[import-not-found, no-redef]
+        REBOOT_CMDS,
+        AgentConfig,
+        configure,
+    )
 
 log = logging.getLogger("pyro-agent")
 
-_RNDADDENTROPY = 0x40085203
-_RNDRESEEDCRNG = 0x5207
-_REBOOT_CMDS = {"poweroff": 0x4321FEDC, "reboot": 0x01234567}
 _JOIN_GRACE = 5.0
 _SERIAL_IDLE = 0.002
 _READ_SIZE = 64 * 1024
-_SEND_CHUNK = 256 * 1024
-# Background jobs may hold the pipes open after the command exits; wait only briefly for them.
-_DRAIN_GRACE = 0.2
-_KILL_GRACE = 5.0
 
 Params = dict[str, Any]
+OpError = protocol.OpError
+__all__ = ["Agent", "AgentConfig", "Call", "OpError", "Session", "main"]
 
 
-class OpError(Exception):
-    """Ends a request with an error result carrying `code`."""
+class InputStream:
+    """The input the host streams to one request: a bounded queue, ended by an empty frame.
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+    put() runs on the session's reader thread and blocks while the queue is full; that stalls
+    the whole connection, which is the protocol's flow control. It never stalls for long,
+    because every operation that takes input reads it eagerly, and close() (the request ended)
+    or cancel() releases it.
+    """
 
+    def __init__(self, limit: int = protocol.INPUT_QUEUE_BYTES) -> None:
+        self._limit = limit
+        self._cond = threading.Condition()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._ended = self._closed = self._cancelled = False
 
-def _power(action: str) -> None:
-    """Stop the machine through reboot(2); a VMM without ACPI exits on reboot."""
-    os.sync()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.reboot(_REBOOT_CMDS[action]) != 0:
-        log.error("reboot(2) failed: %s", os.strerror(ctypes.get_errno()))
-        os.system(f"{action} -f")
+    def put(self, data: bytes) -> None:
+        with self._cond:
+            if self._closed or self._ended:
+                return  # late input of a request that stopped reading; harmless
+            if not data:
+                self._ended = True
+                self._cond.notify_all()
+                return
+            while self._queued >= self._limit and not self._closed:
+                self._cond.wait()
+            if not self._closed:
+                self._chunks.append(data)
+                self._queued += len(data)
+                self._cond.notify_all()
 
+    def read(self) -> bytes:
+        """The next chunk, b"" at the end of the input; OpError once the request is cancelled."""
+        with self._cond:
+            while not self._chunks and not self._ended and not self._cancelled:
+                self._cond.wait()
+            if self._cancelled:
+                raise OpError(protocol.ERR_CANCELLED, "the request was cancelled")
+            if not self._chunks:
+                return b""
+            chunk = self._chunks.popleft()
+            self._queued -= len(chunk)
+            self._cond.notify_all()
+            return chunk
 
-@dataclass
-class AgentConfig:
-    """Where the agent writes identity files, and whether it may change kernel state."""
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
 
-    hostname_path: str = "/etc/hostname"
-    machine_id_path: str = "/etc/machine-id"
-    urandom_path: str = "/dev/urandom"
-    random_path: str = "/dev/random"
-    system_calls: bool = True
-    power: Callable[[str], None] = _power
-
-    @classmethod
-    def sandboxed(cls, root: str) -> AgentConfig:
-        """Files under `root`; no hostname, clock, entropy credit or power changes (tests)."""
-        return cls(
-            hostname_path=os.path.join(root, "etc/hostname"),
-            machine_id_path=os.path.join(root, "etc/machine-id"),
-            urandom_path=os.path.join(root, "dev/urandom"),
-            random_path=os.path.join(root, "dev/random"),
-            system_calls=False,
-            power=lambda action: log.info("sandboxed: not doing %s", action),
-        )
+    def close(self) -> None:
+        """The request is over: drop what is queued and whatever still arrives."""
+        with self._cond:
+            self._closed = True
+            self._chunks.clear()
+            self._queued = 0
+            self._cond.notify_all()
 
 
 class Call:
-    """One request in flight: how to answer it and how to cancel it."""
+    """One request in flight: how to answer it, how to cancel it, and its input if it takes
+    any."""
 
-    def __init__(self, session: Session, rid: int, op: str) -> None:
+    def __init__(self, session: Session, rid: int, op: str, takes_input: bool = False) -> None:
         self.session, self.rid, self.op = session, rid, op
         self.cancelled = threading.Event()
+        self.input = InputStream() if takes_input else None
         self.after: Callable[[], None] | None = None
         self._hook: Callable[[], None] | None = None
         self._hook_lock = threading.Lock()
@@ -101,6 +126,8 @@ class Call:
     def cancel(self) -> None:
         with self._hook_lock:
             self.cancelled.set()
+            if self.input is not None:
+                self.input.cancel()
             if self._hook is not None:
                 self._hook()
 
@@ -110,6 +137,17 @@ class Call:
             self._hook = hook
             if hook is not None and self.cancelled.is_set():
                 hook()
+
+    def check_cancelled(self) -> None:
+        """For long loops: stop with a cancelled error once the host gave up."""
+        if self.cancelled.is_set():
+            raise OpError(protocol.ERR_CANCELLED, "the request was cancelled")
+
+    def read_input(self) -> bytes:
+        """The next chunk of the request's input; b"" at its end."""
+        if self.input is None:
+            raise OpError(protocol.ERR_INTERNAL, f"{self.op} takes no input")
+        return self.input.read()
 
     def send_output(self, stream: str, data: bytes) -> None:
         self.session.send(protocol.out_header(self.rid, stream), data)
@@ -184,11 +222,15 @@ class Session:
 
     def _handle(self, frame: protocol.Frame) -> None:
         rid, header = frame.id, frame.header
-        if frame.type == protocol.CANCEL:
+        if frame.type in (protocol.CANCEL, protocol.IN):
             with self._lock:
                 call = self._calls.get(rid)
-            if call is not None:
+            # Frames for a request that already ended (or never existed) are dropped: the host
+            # may still be streaming input when an early error answered its request.
+            if call is not None and frame.type == protocol.CANCEL:
                 call.cancel()
+            elif call is not None and call.input is not None:
+                call.input.put(frame.body)
         elif frame.type != protocol.REQ:
             raise protocol.FrameError(f"the host may not send {frame.type} frames")
         elif header["op"] == "hello":
@@ -201,7 +243,8 @@ class Session:
             message = f"unknown operation {header['op']!r}"
             self.send(protocol.error_header(rid, protocol.ERR_UNKNOWN_OP, message))
         else:
-            self._start(Call(self, rid, header["op"]), header.get("params", {}))
+            takes_input = header["op"] in self.agent.input_ops
+            self._start(Call(self, rid, header["op"], takes_input), header.get("params", {}))
 
     def _hello(self, params: Params) -> Params:
         protocol.check_keys(params, {"protocol"})
@@ -239,6 +282,8 @@ class Session:
         finally:
             with self._lock:
                 self._calls.pop(call.rid, None)
+            if call.input is not None:
+                call.input.close()  # releases a reader blocked on a full queue
 
     def _answer(self, rid: int, work: Callable[[], Params]) -> None:
         """Run `work` and send its outcome; no request may take the agent down."""
@@ -248,6 +293,10 @@ class Session:
             header = protocol.error_header(rid, exc.code, str(exc))
         except protocol.ParamError as exc:
             header = protocol.error_header(rid, protocol.ERR_INVALID_ARGUMENT, str(exc))
+        except OSError as exc:
+            # A full disk or a vanished file is the guest's state, not an agent bug.
+            log.info("request %d failed: %s", rid, exc)
+            header = protocol.error_header(rid, protocol.ERR_IO, str(exc)[:2000])
         except Exception as exc:
             log.exception("request %d failed", rid)
             header = protocol.error_header(rid, protocol.ERR_INTERNAL, f"agent error: {exc}")
@@ -259,13 +308,19 @@ class Agent:
 
     def __init__(self, config: AgentConfig | None = None) -> None:
         self.config = config or AgentConfig()
+        tree = agent_files.Tree(self.config.workspace_root)
         self.ops: dict[str, Callable[[Call, Params], Params]] = {
             "ping": self._ping,
-            "exec": self._exec,
-            "configure": self._configure,
+            "exec": agent_exec.exec_op,
+            "configure": lambda call, params: configure(self.config, params),
             "sync": self._sync,
             "shutdown": self._shutdown,
+            **agent_files.operations(tree),
+            **agent_archive.operations(tree),
+            "patch.apply": lambda call, params: agent_patch.apply_patch(tree, call, params),
         }
+        # Operations that read the request's input (``in`` frames); see protocol.py.
+        self.input_ops = frozenset({"file.write", "tar.extract", "tree.manifest", "patch.apply"})
         self._lock = threading.Lock()
         self._sessions: set[Session] = set()
 
@@ -295,13 +350,6 @@ class Agent:
         protocol.check_keys(params, ())
         return {"pong": True, "time": time.time(), "time_ns": time.time_ns()}
 
-    def _exec(self, call: Call, params: Params) -> Params:
-        spec = protocol.parse_exec(params)
-        if not os.path.isdir(spec.cwd):
-            message = f"working directory {spec.cwd} does not exist in the guest"
-            raise OpError(protocol.ERR_NOT_FOUND, message)
-        return run_exec(spec, call)
-
     def _sync(self, call: Call, params: Params) -> Params:
         protocol.check_keys(params, ())
         os.sync()
@@ -310,247 +358,12 @@ class Agent:
     def _shutdown(self, call: Call, params: Params) -> Params:
         protocol.check_keys(params, {"action"})
         action = params.get("action", "poweroff")
-        if action not in _REBOOT_CMDS:
+        if action not in REBOOT_CMDS:
             raise protocol.ParamError("action must be poweroff or reboot")
         os.sync()
         # After the answer is sent: the host should learn the request succeeded.
         call.after = lambda: self.config.power(action)
         return {"action": action}
-
-    def _configure(self, call: Call, params: Params) -> Params:
-        ident, cfg = protocol.parse_configure(params), self.config
-        steps: list[tuple[str, Any, Callable[[Any], None]]] = [
-            ("hostname", ident.hostname, lambda name: _set_hostname(cfg, name)),
-            ("machine_id", ident.machine_id, lambda mid: _write_line(cfg.machine_id_path, mid)),
-            ("time", ident.time_ns, lambda stamp: _set_clock(cfg, stamp)),
-            ("entropy", ident.entropy, lambda seed: _add_entropy(cfg, seed)),
-        ]
-        applied: list[str] = []
-        warnings: list[str] = []
-        for name, value, apply in steps:
-            if value is None:
-                continue
-            try:
-                apply(value)
-                applied.append(name)
-            except OSError as exc:
-                warnings.append(f"{name}: {exc}")
-                log.warning("configure %s failed: %s", name, exc)
-        return {"applied": applied, "warnings": warnings}
-
-
-def _write_line(path: str, text: str) -> None:
-    with open(path, "w", encoding="ascii") as handle:
-        handle.write(text + "\n")
-
-
-def _set_hostname(config: AgentConfig, name: str) -> None:
-    if config.system_calls:
-        socket.sethostname(name)
-    try:
-        _write_line(config.hostname_path, name)
-    except OSError as exc:
-        # A read-only /etc is fine: the kernel's hostname is what counts.
-        log.info("not writing %s: %s", config.hostname_path, exc)
-
-
-def _set_clock(config: AgentConfig, stamp: int) -> None:
-    if config.system_calls:
-        time.clock_settime_ns(time.CLOCK_REALTIME, stamp)
-
-
-def _add_entropy(config: AgentConfig, seed: bytes) -> None:
-    # Writing mixes the seed in without crediting it; only the ioctl credits entropy.
-    with open(config.urandom_path, "ab", buffering=0) as pool:
-        pool.write(seed)
-    if config.system_calls and os.geteuid() == 0:
-        request = struct.pack("ii", len(seed) * 8, len(seed)) + seed
-        with open(config.random_path, "wb", buffering=0) as device:
-            fcntl.ioctl(device.fileno(), _RNDADDENTROPY, request)
-            # Clones restored from one snapshot share the kernel's CRNG state; crediting new
-            # entropy does not reseed it before the next interval, so force the reseed now.
-            fcntl.ioctl(device.fileno(), _RNDRESEEDCRNG)
-
-
-# --- exec ----------------------------------------------------------------------------------
-
-
-class _Capture:
-    """One output pipe: keeps (or streams) its first `limit` bytes, discards the rest."""
-
-    def __init__(self, name: str, fd: int, limit: int, sink: Callable[[str, bytes], None] | None):
-        self.name, self.fd, self.limit, self.sink = name, fd, limit, sink
-        self.data = bytearray()
-        self.kept = 0
-        self.truncated = self.eof = False
-
-    def read(self) -> None:
-        try:
-            chunk = os.read(self.fd, _READ_SIZE)
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self.eof = True
-            return
-        keep = chunk[: max(0, self.limit - self.kept)]
-        self.truncated = self.truncated or len(keep) < len(chunk)
-        self.kept += len(keep)
-        if keep and self.sink is not None:
-            self.sink(self.name, keep)
-        elif keep:
-            self.data += keep
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(OSError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def _poke(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.write(fd, b"x")
-
-
-def _open_pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-
-
-class _Supervisor:
-    """Pumps a child's output until it exits; kills its process group on timeout or cancel."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], caps: list[_Capture], call: Call):
-        self.proc, self.caps, self.call = proc, caps, call
-        self.timed_out = self.cancelled = False
-        self.exited_at: float | None = None
-        self.give_up: float | None = None  # set once killed: how long to wait for the exit
-
-    def run(self, timeout: float) -> None:
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_w, False)
-        pidfd = _open_pidfd(self.proc.pid)
-        sel = selectors.DefaultSelector()
-        sel.register(wake_r, selectors.EVENT_READ, "wake")
-        for cap in self.caps:
-            sel.register(cap.fd, selectors.EVENT_READ, cap)
-        if pidfd is not None:
-            sel.register(pidfd, selectors.EVENT_READ, "exit")
-        self.call.on_cancel(lambda: _poke(wake_w))
-        try:
-            self._loop(sel, time.monotonic() + timeout, pidfd, wake_r)
-        finally:
-            # Unhook before closing: a late cancel must not write to a recycled fd.
-            self.call.on_cancel(None)
-            sel.close()
-            for fd in (wake_r, wake_w, pidfd):
-                if fd is not None:
-                    os.close(fd)
-
-    def _kill(self, now: float) -> None:
-        _kill_group(self.proc.pid)
-        self.give_up = now + _KILL_GRACE
-
-    def _next_wakeup(self, now: float, deadline: float) -> float | None:
-        """When to look again, or None when supervision is over."""
-        if self.exited_at is not None:
-            done = all(cap.eof for cap in self.caps) or now >= self.exited_at + _DRAIN_GRACE
-            return None if done else self.exited_at + _DRAIN_GRACE
-        if self.give_up is not None:
-            return None if now >= self.give_up else self.give_up
-        if now >= deadline:
-            self.timed_out = True
-            self._kill(now)
-            return now
-        return deadline
-
-    def _loop(
-        self, sel: selectors.BaseSelector, deadline: float, pidfd: int | None, wake: int
-    ) -> None:
-        while True:
-            now = time.monotonic()
-            if self.exited_at is None and self.proc.poll() is not None:
-                self.exited_at = now
-                if pidfd is not None:
-                    sel.unregister(pidfd)
-            until = self._next_wakeup(now, deadline)
-            if until is None:
-                return
-            # Without a pidfd only polling notices the exit.
-            wait = until - now if pidfd is not None else min(until - now, 0.02)
-            for key, _ in sel.select(max(wait, 0.0)):
-                if isinstance(key.data, _Capture):
-                    key.data.read()
-                    if key.data.eof:
-                        sel.unregister(key.fd)
-                elif key.data == "wake":
-                    os.read(wake, 64)
-                    if self.exited_at is None and self.give_up is None:
-                        self.cancelled = True
-                        self._kill(now)
-
-
-def _exit_code(returncode: int | None) -> int:
-    if returncode is None:
-        return 128 + signal.SIGKILL
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def _exec_result(code: int, kept: list[tuple[int, bool]], started: float, **flags: bool) -> Params:
-    result: Params = {"exit_code": code}
-    for stream, (count, truncated) in zip(protocol.STREAMS, kept, strict=True):
-        result[f"{stream}_bytes"] = count
-        result[f"{stream}_truncated"] = truncated
-    result["duration_ms"] = int((time.monotonic() - started) * 1000)
-    return {**result, "timed_out": False, "cancelled": False, **flags}
-
-
-def _spawn_failure(spec: protocol.ExecSpec, exc: OSError, call: Call, started: float) -> Params:
-    """Answer as a shell would: 127 for a missing program, 126 for one that cannot run."""
-    name = spec.argv[0]
-    if isinstance(exc, FileNotFoundError):
-        code, text = protocol.EXIT_NOT_FOUND, f"pyro-agent: {name}: command not found\n"
-    else:
-        code, text = protocol.EXIT_NOT_EXECUTABLE, f"pyro-agent: {name}: {exc.strerror}\n"
-    message = text.encode()[: spec.max_output]
-    call.send_output("stderr", message)
-    return _exec_result(code, [(0, False), (len(message), False)], started)
-
-
-def run_exec(spec: protocol.ExecSpec, call: Call) -> Params:
-    """Run one command until it exits, times out or is cancelled; describe the outcome."""
-    started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            spec.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=spec.cwd,
-            env=spec.env,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        return _spawn_failure(spec, exc, call, started)
-    assert proc.stdout is not None and proc.stderr is not None
-    sink = call.send_output if spec.stream else None
-    pipes = zip(protocol.STREAMS, (proc.stdout, proc.stderr), strict=True)
-    caps = [_Capture(name, pipe.fileno(), spec.max_output, sink) for name, pipe in pipes]
-    watch = _Supervisor(proc, caps, call)
-    try:
-        watch.run(spec.timeout)
-    finally:
-        proc.stdout.close()
-        proc.stderr.close()
-        if proc.poll() is None:
-            _kill_group(proc.pid)
-    for cap in caps:
-        for start in range(0, len(cap.data), _SEND_CHUNK):
-            call.send_output(cap.name, bytes(cap.data[start : start + _SEND_CHUNK]))
-    code = protocol.EXIT_TIMEOUT if watch.timed_out else _exit_code(proc.returncode)
-    kept = [(cap.kept, cap.truncated) for cap in caps]
-    return _exec_result(code, kept, started, timed_out=watch.timed_out, cancelled=watch.cancelled)
 
 
 # --- transports ----------------------------------------------------------------------------

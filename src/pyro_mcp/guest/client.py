@@ -1,7 +1,8 @@
 """Host side of the guest protocol: one connection to a guest agent, many concurrent requests.
 
 The guest is hostile: every frame and result it sends is validated here, and anything
-malformed closes the connection with a GuestError.
+malformed closes the connection with a GuestError. The workspace operations (files, archives,
+manifests, patches) come from client_files.FileOps.
 """
 
 from __future__ import annotations
@@ -9,30 +10,37 @@ from __future__ import annotations
 import base64
 import contextlib
 import itertools
+import math
+import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Self
 
-from pyro_mcp.errors import (
-    GuestError,
-    InvalidArgumentError,
-    NotFoundError,
-    PyroError,
-    PyroTimeoutError,
-)
+from pyro_mcp.errors import GuestError, InvalidArgumentError, PyroTimeoutError
 from pyro_mcp.guest import protocol
+from pyro_mcp.guest.client_base import (
+    VERSION_HINT,
+    OutputCallback,
+    Waiter,
+    error_from_guest,
+    field,
+    guest_text,
+    malformed,
+)
+from pyro_mcp.guest.client_files import FileOps
 from pyro_mcp.host.unix import connect_unix
 
-OutputCallback = Callable[[str, bytes], None]
+__all__ = ["AgentInfo", "ExecResult", "GuestClient", "OutputCallback"]
 
 EXEC_MARGIN = 10.0
 DEFAULT_TIMEOUT = 10.0
 _CLOSED_HINT = "the VM has probably stopped; check its state and console log"
-_VERSION_HINT = "the environment's agent and this pyro-mcp differ; re-pull the environment"
-_MAX_GUEST_TEXT = 500
+_STALLED_HINT = "the guest stopped reading its input; the connection was dropped"
+# How long a cancel may wait for room on the connection before the connection is given up.
+_CANCEL_GRACE = 2.0
 _ATTEMPT_TIMEOUT = 0.5
 _RETRY_PAUSE = 0.02
 
@@ -60,118 +68,45 @@ class AgentInfo:
     ops: tuple[str, ...]
 
 
-def _guest_text(value: object) -> str:
-    """Guest-supplied text made safe to show: printable and short."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in str(value)[:_MAX_GUEST_TEXT])
-    return text if len(str(value)) <= _MAX_GUEST_TEXT else text + "..."
-
-
-def _malformed(what: str) -> GuestError:
-    return GuestError(f"guest agent sent a malformed {what}", hint="the guest may be compromised")
-
-
-def _error_from_guest(op: str, error: dict[str, Any]) -> PyroError:
-    code, message = _guest_text(error["code"]), _guest_text(error["message"])
-    text = f"guest {op} failed: {message}"
-    if code == protocol.ERR_INVALID_ARGUMENT:
-        return InvalidArgumentError(text, guest_code=code)
-    if code == protocol.ERR_NOT_FOUND:
-        return NotFoundError(text, guest_code=code)
-    if code == protocol.ERR_VERSION_MISMATCH:
-        return GuestError(text, hint=_VERSION_HINT, guest_code=code)
-    return GuestError(text, guest_code=code)
-
-
-class _Waiter:
-    """A request in flight: its output so far and, once answered, its outcome."""
-
-    def __init__(
-        self,
-        op: str,
-        parse: Callable[[_Waiter, dict[str, Any]], Any],
-        on_output: OutputCallback | None,
-        max_output: int,
-        keep: bool,
-    ) -> None:
-        self.op = op
-        self.parse = parse
-        self.on_output = on_output
-        self.max_output = max_output
-        self.keep = keep
-        self.output = {name: bytearray() for name in protocol.STREAMS}
-        self.received = dict.fromkeys(protocol.STREAMS, 0)
-        self.done = threading.Event()
-        self.value: Any = None
-        self.failure: BaseException | None = None
-
-    def take_output(self, stream: str, data: bytes) -> BaseException | None:
-        """Record a chunk; returns the callback's exception, if it raised."""
-        self.received[stream] += len(data)
-        if self.received[stream] > self.max_output:
-            raise _malformed(f"{self.op} output (more than {self.max_output} bytes on {stream})")
-        if self.keep:
-            self.output[stream] += data
-        if self.on_output is None or self.failure is not None:
-            return None
-        try:
-            self.on_output(stream, data)
-        except Exception as exc:
-            self.failure = exc
-            return exc
-        return None
-
-    def resolve(self, value: Any = None, failure: BaseException | None = None) -> None:
-        if self.failure is None:
-            self.value, self.failure = value, failure
-        self.done.set()
-
-
-def _parse_plain(waiter: _Waiter, result: dict[str, Any]) -> dict[str, Any]:
+def _parse_plain(waiter: Waiter, result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _field(result: dict[str, Any], key: str, kind: type) -> Any:
-    value = result.get(key)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _malformed(f"result ({key} should be {kind.__name__})")
-    return value
-
-
-def _parse_exec(waiter: _Waiter, result: dict[str, Any]) -> ExecResult:
-    code = _field(result, "exit_code", int)
-    duration = _field(result, "duration_ms", int)
+def _parse_exec(waiter: Waiter, result: dict[str, Any]) -> ExecResult:
+    code = field(result, "exit_code", int)
+    duration = field(result, "duration_ms", int)
     if not 0 <= code <= 255 or duration < 0:
-        raise _malformed("exec result (exit_code or duration_ms out of range)")
+        raise malformed("exec result (exit_code or duration_ms out of range)")
     for stream in protocol.STREAMS:
-        if _field(result, f"{stream}_bytes", int) != waiter.received[stream]:
-            raise _malformed(f"exec result ({stream}_bytes disagrees with the output received)")
+        if field(result, f"{stream}_bytes", int) != waiter.received[stream]:
+            raise malformed(f"exec result ({stream}_bytes disagrees with the output received)")
     return ExecResult(
         exit_code=code,
         stdout=waiter.output["stdout"].decode("utf-8", errors="replace"),
         stderr=waiter.output["stderr"].decode("utf-8", errors="replace"),
-        stdout_truncated=_field(result, "stdout_truncated", bool),
-        stderr_truncated=_field(result, "stderr_truncated", bool),
+        stdout_truncated=field(result, "stdout_truncated", bool),
+        stderr_truncated=field(result, "stderr_truncated", bool),
         duration_ms=duration,
-        timed_out=_field(result, "timed_out", bool),
-        cancelled=_field(result, "cancelled", bool),
+        timed_out=field(result, "timed_out", bool),
+        cancelled=field(result, "cancelled", bool),
     )
 
 
-def _parse_hello(waiter: _Waiter, result: dict[str, Any]) -> AgentInfo:
-    version = _field(result, "protocol", int)
-    agent_version = _field(result, "agent_version", str)
-    ops = _field(result, "ops", list)
+def _parse_hello(waiter: Waiter, result: dict[str, Any]) -> AgentInfo:
+    version = field(result, "protocol", int)
+    agent_version = field(result, "agent_version", str)
+    ops = field(result, "ops", list)
     if len(agent_version) > 64 or len(ops) > 256 or not all(isinstance(o, str) for o in ops):
-        raise _malformed("hello result")
+        raise malformed("hello result")
     if version != protocol.PROTOCOL_VERSION:
         raise GuestError(
             f"guest agent speaks protocol {version}, this host speaks {protocol.PROTOCOL_VERSION}",
-            hint=_VERSION_HINT,
+            hint=VERSION_HINT,
         )
     return AgentInfo(version, agent_version, tuple(ops))
 
 
-class GuestClient:
+class GuestClient(FileOps):
     """A connection to one guest agent; thread-safe, many requests may run at once."""
 
     def __init__(self, sock: socket.socket, *, label: str = "guest agent") -> None:
@@ -181,7 +116,7 @@ class GuestClient:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._pending: dict[int, _Waiter] = {}
+        self._pending: dict[int, Waiter] = {}
         self._failure: GuestError | None = None
         self.agent_info: AgentInfo | None = None
         self._reader = threading.Thread(target=self._read_loop, name=f"{label} reader", daemon=True)
@@ -238,7 +173,7 @@ class GuestClient:
         result = self.request("ping", {}, timeout=timeout)
         stamp = result.get("time")
         if result.get("pong") is not True or not isinstance(stamp, (int, float)):
-            raise self._violation(_malformed("ping result"))
+            raise self._violation(malformed("ping result"))
         return float(stamp)
 
     def exec(
@@ -292,8 +227,8 @@ class GuestClient:
         result = self.request("configure", params, timeout=timeout)
         applied = result.get("applied")
         if not isinstance(applied, list) or not all(isinstance(a, str) for a in applied):
-            raise self._violation(_malformed("configure result"))
-        return [_guest_text(a) for a in applied]
+            raise self._violation(malformed("configure result"))
+        return [guest_text(a) for a in applied]
 
     def sync(self, *, timeout: float = 60.0) -> None:
         """Flush the guest's file systems to its disks."""
@@ -317,7 +252,14 @@ class GuestClient:
         Output frames go to on_output (if given) and are not kept.
         """
         result: dict[str, Any] = self._call(
-            op, params, timeout, _parse_plain, on_output, protocol.MAX_OUTPUT_LIMIT, keep=False
+            op,
+            params,
+            timeout,
+            _parse_plain,
+            on_output,
+            protocol.MAX_OUTPUT_LIMIT,
+            keep=False,
+            streams=protocol.OUT_STREAMS,
         )
         return result
 
@@ -347,13 +289,18 @@ class GuestClient:
         op: str,
         params: dict[str, Any],
         timeout: float,
-        parse: Callable[[_Waiter, dict[str, Any]], Any],
+        parse: Callable[[Waiter, dict[str, Any]], Any],
         on_output: OutputCallback | None = None,
         max_output: int = 0,
         *,
         keep: bool = True,
+        streams: tuple[str, ...] = protocol.STREAMS,
+        source: Iterable[bytes] | None = None,
     ) -> Any:
-        waiter = _Waiter(op, parse, on_output, max_output, keep)
+        """Send one request (then its input, if `source` is given) and wait for its outcome;
+        `timeout` covers the whole exchange, input included."""
+        deadline = time.monotonic() + timeout
+        waiter = Waiter(op, parse, on_output, max_output, keep, streams)
         rid = next(self._ids)
         try:
             frame = protocol.encode_frame(protocol.req_header(rid, op, params))
@@ -364,7 +311,9 @@ class GuestClient:
                 raise self._failure
             self._pending[rid] = waiter
         self._send(frame)
-        if not waiter.done.wait(timeout):
+        if source is not None:
+            self._send_input(rid, waiter, source, deadline)
+        if not waiter.done.wait(max(0.0, deadline - time.monotonic())):
             self._abandon(rid)
             raise PyroTimeoutError(
                 f"guest agent did not answer {op} within {timeout:g} s",
@@ -374,18 +323,62 @@ class GuestClient:
             raise waiter.failure
         return waiter.value
 
+    def _send_input(
+        self, rid: int, waiter: Waiter, source: Iterable[bytes], deadline: float
+    ) -> None:
+        """Stream `source` as ``in`` frames, then the empty one that ends it. Stops early when
+        the request is already answered (an error needs no more input); an input that fails
+        (or a send that times out) cancels the request."""
+        try:
+            for piece in source:
+                for start in range(0, len(piece), protocol.MAX_BODY_BYTES):
+                    if waiter.done.is_set():
+                        return
+                    body = bytes(piece[start : start + protocol.MAX_BODY_BYTES])
+                    self._send(protocol.encode_frame(protocol.in_header(rid), body), deadline)
+            if not waiter.done.is_set():
+                self._send(protocol.encode_frame(protocol.in_header(rid)), deadline)
+        except BaseException:
+            self._abandon(rid)
+            raise
+
     def _abandon(self, rid: int) -> None:
         with self._lock:
             self._pending.pop(rid, None)
-        with contextlib.suppress(GuestError):
-            self._send(protocol.encode_frame(protocol.cancel_header(rid)))
+        with contextlib.suppress(GuestError, PyroTimeoutError):
+            frame = protocol.encode_frame(protocol.cancel_header(rid))
+            self._send(frame, time.monotonic() + _CANCEL_GRACE)
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, deadline: float | None = None) -> None:
+        """Send one whole frame; with a deadline, give up (PyroTimeoutError) when the guest
+        does not take it in time."""
         with self._send_lock:
             try:
-                self._sock.sendall(data)
+                if deadline is None:
+                    self._sock.sendall(data)
+                else:
+                    self._send_by(data, deadline)
+            except PyroTimeoutError:
+                raise  # a TimeoutError, hence an OSError, but not a dead connection
             except OSError as exc:
                 raise self._violation(self._closed_error()) from exc
+
+    def _send_by(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
+        poller = select.poll()
+        poller.register(self._sock, select.POLLOUT)
+        while view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(math.ceil(remaining * 1000)):
+                if len(view) < len(data):
+                    # Half a frame is on the wire: nothing else can follow it any more.
+                    self._violation(GuestError(f"{self._label} stalled", hint=_STALLED_HINT))
+                raise PyroTimeoutError(f"{self._label} stopped taking input", hint=_STALLED_HINT)
+            try:
+                sent = self._sock.send(view, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            view = view[sent:]
 
     def _closed_error(self) -> GuestError:
         return GuestError(f"{self._label} connection closed", hint=_CLOSED_HINT)
@@ -412,7 +405,7 @@ class GuestClient:
             while (frame := reader.read_frame()) is not None:
                 self._dispatch(frame)
         except protocol.FrameError as exc:
-            error = _malformed(f"frame ({_guest_text(exc)})")
+            error = malformed(f"frame ({guest_text(exc)})")
         except GuestError as exc:
             error = exc
         except OSError:
@@ -424,10 +417,10 @@ class GuestClient:
     def _dispatch(self, frame: protocol.Frame) -> None:
         kind, rid, header = frame.type, frame.id, frame.header
         if kind == protocol.RES and rid == 0:
-            message = _guest_text(header.get("error", {}).get("message", "no reason given"))
+            message = guest_text(header.get("error", {}).get("message", "no reason given"))
             raise GuestError(f"{self._label} dropped the connection: {message}")
         if kind not in (protocol.OUT, protocol.RES):
-            raise _malformed(f"frame (a guest may not send {kind} frames)")
+            raise malformed(f"frame (a guest may not send {kind} frames)")
         with self._lock:
             waiter = (
                 self._pending.get(rid) if kind == protocol.OUT else self._pending.pop(rid, None)
@@ -446,7 +439,7 @@ class GuestClient:
                 waiter.resolve(failure=exc)
                 raise
         else:
-            waiter.resolve(failure=_error_from_guest(waiter.op, header["error"]))
+            waiter.resolve(failure=error_from_guest(waiter.op, header["error"]))
 
 
 def _validate(parse: Callable[[dict[str, Any]], object], params: dict[str, Any]) -> None:

@@ -17,12 +17,20 @@ Every header has ``id`` (an int chosen by the requester; 0 for connection-level 
 ``t``, the frame type:
 
 - ``req``: a request, ``{"id", "t": "req", "op": str, "params": {...}}``.
-- ``out``: streamed output of a request, ``{"id", "t": "out", "stream": "stdout"|"stderr"}``;
-  the body holds the bytes.
+- ``out``: streamed output of a request, ``{"id", "t": "out", "stream": S}`` with S one of
+  ``stdout``/``stderr`` (exec) or ``data`` (file contents, archives, JSON-lines listings); the
+  body holds the bytes.
 - ``res``: the final answer, ``{"id", "t": "res", "ok": true, "result": {...}}`` or
   ``{"id", "t": "res", "ok": false, "error": {"code": str, "message": str}}``. A ``res`` with
   id 0 is a connection-level error sent just before the agent drops the connection.
 - ``cancel``: ``{"id", "t": "cancel"}``, the requester gives up on request ``id``.
+- ``in``: ``{"id", "t": "in"}``, input of request ``id`` flowing host -> guest (a file to
+  write, an archive to extract, a patch); the body holds the bytes and an empty body marks the
+  end of the input. Only operations that take input read it (file.write, tar.extract,
+  patch.apply, tree.manifest with ``since``); ``in`` frames for any other request, or for one
+  that already ended, are dropped. The agent queues a bounded amount per request
+  (INPUT_QUEUE_BYTES) and stops reading the connection while that queue is full: that is the
+  flow control, so the requester must keep reading frames while it sends input.
 
 One connection carries many concurrent requests; their frames interleave, but a frame is
 never split. The first request on a connection must be ``hello`` with
@@ -34,8 +42,12 @@ as ``out`` frames before the ``res`` frame, live when the request sets ``stream`
 burst at the end otherwise. The result counts the bytes it sent in ``stdout_bytes`` and
 ``stderr_bytes`` so the host can check it received all of them.
 
-The parameters of each request are defined here too (parse_exec, parse_configure), so the
-host rejects a bad request before sending it and the agent applies the same rules.
+The parameters of each request are defined here too (parse_exec, parse_configure; the file
+operations' in protocol_files.py), so the host rejects a bad request before sending it and the
+agent applies the same rules.
+
+Version 2 added the ``in`` frame and the ``data`` output stream: a version-1 peer drops the
+connection on either, so the two versions cannot share a connection.
 """
 
 from __future__ import annotations
@@ -48,8 +60,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 1
-AGENT_VERSION = "0.1.0"
+PROTOCOL_VERSION = 2
+AGENT_VERSION = "0.2.0"
 AGENT_VSOCK_PORT = 52
 SERIAL_PORT_NAME = "pyro.agent"
 
@@ -59,13 +71,18 @@ DEFAULT_MAX_OUTPUT = 1024 * 1024
 MAX_OUTPUT_LIMIT = 16 * 1024 * 1024
 MAX_EXEC_TIMEOUT = 7 * 24 * 3600.0
 MAX_ID = 2**63 - 1
+# Input the agent buffers for one request before it stops reading the connection.
+INPUT_QUEUE_BYTES = 4 * MAX_BODY_BYTES
 
 REQ = "req"
 OUT = "out"
 RES = "res"
 CANCEL = "cancel"
-FRAME_TYPES = frozenset({REQ, OUT, RES, CANCEL})
-STREAMS = ("stdout", "stderr")
+IN = "in"
+FRAME_TYPES = frozenset({REQ, OUT, RES, CANCEL, IN})
+STREAMS = ("stdout", "stderr")  # exec's output
+DATA = "data"  # the output of every other operation that streams
+OUT_STREAMS = (*STREAMS, DATA)
 
 EXIT_TIMEOUT = 124
 EXIT_NOT_EXECUTABLE = 126
@@ -77,6 +94,9 @@ ERR_UNKNOWN_OP = "unknown_op"
 ERR_VERSION_MISMATCH = "version_mismatch"
 ERR_HANDSHAKE_REQUIRED = "handshake_required"
 ERR_PROTOCOL = "protocol_error"
+ERR_CANCELLED = "cancelled"
+ERR_MISSING_TOOL = "missing_tool"
+ERR_IO = "io_error"
 ERR_INTERNAL = "internal"
 
 _PREFIX = struct.Struct(">II")
@@ -86,6 +106,14 @@ _READ_CHUNK = 256 * 1024
 
 class FrameError(Exception):
     """A frame broke the wire format; the connection it came from must be dropped."""
+
+
+class OpError(Exception):
+    """Ends a request with an error result carrying `code` (raised by the agent's operations)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -122,8 +150,8 @@ def check_header(header: object) -> dict[str, Any]:
         if not isinstance(header.get("params", {}), dict):
             raise FrameError("req params must be a JSON object")
     elif kind == OUT:
-        if header.get("stream") not in STREAMS:
-            raise FrameError(f"out frame stream must be one of {STREAMS}")
+        if header.get("stream") not in OUT_STREAMS:
+            raise FrameError(f"out frame stream must be one of {OUT_STREAMS}")
     elif kind == RES:
         _check_result(header)
     return header
@@ -238,6 +266,11 @@ def error_header(rid: int, code: str, message: str) -> dict[str, Any]:
 def cancel_header(rid: int) -> dict[str, Any]:
     """Header asking the agent to abandon request `rid`."""
     return {"id": rid, "t": CANCEL}
+
+
+def in_header(rid: int) -> dict[str, Any]:
+    """Header of one chunk of a request's input; an empty body ends the input."""
+    return {"id": rid, "t": IN}
 
 
 # --- request parameters: one definition of a valid request, checked on both sides ----------

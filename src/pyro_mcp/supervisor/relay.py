@@ -1,8 +1,9 @@
 """Many host clients, one guest channel: the supervisor's frame relay.
 
 Clients speak the guest protocol to the supervisor's socket exactly as they would to the
-agent. Each forwarded request gets a fresh guest-side id; frames coming back are mapped to
-the client and id that asked. A client that disconnects has its requests cancelled in the
+agent. Each forwarded request gets a fresh guest-side id; the client's later frames for it
+(cancel, and in: the request's input) carry that id to the guest, and frames coming back are
+mapped to the client and id that asked. A client that disconnects has its requests cancelled in the
 guest, so an abandoned command never keeps running. The guest is hostile: its frames go
 through the same bounded reader, and a frame for an unknown id is dropped.
 """
@@ -107,8 +108,12 @@ class Relay:
         if frame.type == protocol.CANCEL:
             self._cancel(conn, frame.id)
             return greeted
+        if frame.type == protocol.IN:
+            self._input(conn, frame)
+            return greeted
         if frame.type != protocol.REQ:
-            conn.send(protocol.error_header(frame.id, protocol.ERR_PROTOCOL, "clients send req"))
+            message = "clients send req, in and cancel frames"
+            conn.send(protocol.error_header(frame.id, protocol.ERR_PROTOCOL, message))
             return greeted
         op = str(frame.header.get("op"))
         params = frame.header.get("params") or {}
@@ -152,11 +157,19 @@ class Relay:
             message = "the guest agent is not reachable"
             conn.send(protocol.error_header(frame.id, protocol.ERR_INTERNAL, message))
 
-    def _cancel(self, conn: _Conn, client_id: int) -> None:
+    def _guest_ids(self, conn: _Conn, client_id: int) -> list[int]:
         with self._lock:
-            targets = [g for g, (c, cid) in self._routes.items() if c is conn and cid == client_id]
-        for guest_id in targets:
+            return [g for g, (c, cid) in self._routes.items() if c is conn and cid == client_id]
+
+    def _cancel(self, conn: _Conn, client_id: int) -> None:
+        for guest_id in self._guest_ids(conn, client_id):
             self.guest.send(protocol.cancel_header(guest_id))
+
+    def _input(self, conn: _Conn, frame: protocol.Frame) -> None:
+        # Input for a request that already ended (or never existed) goes nowhere, as in the
+        # agent: the client may still be streaming when an early error answered it.
+        for guest_id in self._guest_ids(conn, frame.id):
+            self.guest.send(protocol.in_header(guest_id), frame.body)
 
     def _drop_client(self, conn: _Conn) -> None:
         with self._lock:
