@@ -4,122 +4,38 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_harness import (
+    WAIT,
+    RunningAgent,
+    live_group,
+    short_workdir,
+    start_agent,
+    stop_agent,
+    wait_until,
+)
 
-from pyro_mcp.environments import initramfs
 from pyro_mcp.guest import agent as agent_module
 from pyro_mcp.guest import protocol
 from pyro_mcp.guest.protocol import Frame, FrameReader, encode_frame
 
 PY311 = "/root/.pyenv/versions/3.11.7/bin/python3.11"
-WAIT = 15.0
 
 
 # --- harness (kept in step with the copy in test_client.py) --------------------------------
 
 
-def wait_until(condition: Callable[[], bool], what: str, limit: float = WAIT) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.01)
-
-
-def process_table() -> dict[int, tuple[str, int, int]]:
-    """pid -> (state, ppid, process group) for every process."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        table[int(entry)] = (fields[0], int(fields[1]), int(fields[2]))
-    return table
-
-
-def descendants(pid: int) -> list[int]:
-    table = process_table()
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [p for p, (_, ppid, _) in table.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
-
-
-def live_group(pgid: int) -> list[int]:
-    return [p for p, (state, _, group) in process_table().items() if group == pgid and state != "Z"]
-
-
-@dataclass
-class RunningAgent:
-    proc: subprocess.Popen[bytes]
-    socket_path: str
-    root: Path
-    log: Path
-
-
-def start_agent(workdir: Path, python: str | None = None) -> RunningAgent:
-    """Start the agent: `-m` with this interpreter, or as a copied script like in the guest."""
-    root = workdir / "root"
-    (root / "etc").mkdir(parents=True)
-    (root / "dev").mkdir()
-    socket_path = str(workdir / "agent.sock")
-    args = ["--unix", socket_path, "--sandbox-root", str(root)]
-    if python is None:
-        command = [sys.executable, "-m", "pyro_mcp.guest.agent", *args]
-    else:
-        opt = workdir / "opt"
-        opt.mkdir()
-        # Exactly what the initramfs ships, so a module missing from it fails here.
-        for name, data in initramfs.guest_files().items():
-            if name.startswith("pyro/agent/"):
-                (opt / name.removeprefix("pyro/agent/")).write_bytes(data)
-        command = [python, "-E", "-s", str(opt / "agent.py"), *args]
-    log = workdir / "agent.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=log_file)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"agent exited early: {log.read_text()}")
-        with socket.socket(socket.AF_UNIX) as probe:
-            return probe.connect_ex(socket_path) == 0
-
-    wait_until(ready, "the agent to listen")
-    return RunningAgent(proc, socket_path, root, log)
-
-
-def stop_agent(running: RunningAgent) -> None:
-    """Every test ends here: nothing the agent started may outlive it."""
-    wait_until(lambda: not descendants(running.proc.pid), "the agent's children to end")
-    running.proc.terminate()
-    assert running.proc.wait(WAIT) == 0, running.log.read_text()
-
-
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    # Short, because UNIX socket paths are limited to 108 bytes.
-    path = Path(tempfile.mkdtemp(prefix="pyro-agent-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with short_workdir("pyro-agent-") as path:
+        yield path
 
 
 @pytest.fixture

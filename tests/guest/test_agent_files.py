@@ -14,18 +14,15 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import tarfile
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_harness import WAIT, short_workdir, start_agent, stop_agent
 
-from pyro_mcp.environments import initramfs
 from pyro_mcp.errors import GuestError, InvalidArgumentError, NotFoundError
 from pyro_mcp.guest import agent as agent_module
 from pyro_mcp.guest import protocol
@@ -34,7 +31,6 @@ from pyro_mcp.guest.client import GuestClient
 from pyro_mcp.guest.protocol import FrameReader, encode_frame
 
 PY311 = "/root/.pyenv/versions/3.11.7/bin/python3.11"
-WAIT = 15.0
 HAVE_GIT = shutil.which("git") is not None
 needs_git = pytest.mark.skipif(not HAVE_GIT, reason="git is not installed on this host")
 
@@ -43,50 +39,23 @@ class Sandbox:
     """An agent process whose workspace is `ws`, with `outside` next to it."""
 
     def __init__(self, workdir: Path, python: str | None = None) -> None:
-        root = workdir / "root"
-        for sub in ("etc", "dev", "workspace"):
-            (root / sub).mkdir(parents=True)
-        self.ws = root / "workspace"
         self.outside = workdir / "outside"
         self.outside.mkdir()
         (self.outside / "secret").write_text("top secret\n")
-        self.socket_path = str(workdir / "agent.sock")
-        args = ["--unix", self.socket_path, "--sandbox-root", str(root)]
-        if python is None:
-            command = [sys.executable, "-m", "pyro_mcp.guest.agent", *args]
-        else:  # as in the guest: the shipped modules side by side, run as a script
-            opt = workdir / "opt"
-            opt.mkdir()
-            for name, data in initramfs.guest_files().items():
-                if name.startswith("pyro/agent/"):
-                    (opt / name.removeprefix("pyro/agent/")).write_bytes(data)
-            command = [python, "-E", "-s", str(opt / "agent.py"), *args]
-        self.log = workdir / "agent.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + WAIT
-        while not self._listening():
-            assert time.monotonic() < deadline, "the agent did not start"
-            time.sleep(0.01)
-
-    def _listening(self) -> bool:
-        assert self.proc.poll() is None, self.log.read_text()
-        with socket.socket(socket.AF_UNIX) as probe:
-            return probe.connect_ex(self.socket_path) == 0
+        self.agent = start_agent(workdir, python)
+        self.ws = self.agent.root / "workspace"
+        self.socket_path = self.agent.socket_path
+        self.proc = self.agent.proc
+        self.log = self.agent.log
 
     def stop(self) -> None:
-        self.proc.terminate()
-        assert self.proc.wait(WAIT) == 0, self.log.read_text()
-        # Refusals are answers, never crashes: an agent traceback means a missed case.
-        assert "Traceback" not in self.log.read_text(), self.log.read_text()
+        stop_agent(self.agent, forbid_traceback=True)
 
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    # Short, because UNIX socket paths are limited to 108 bytes.
-    path = Path(tempfile.mkdtemp(prefix="pyro-files-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with short_workdir("pyro-files-") as path:
+        yield path
 
 
 @pytest.fixture

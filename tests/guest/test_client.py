@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,98 +13,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_harness import (
+    WAIT,
+    live_group,
+    short_workdir,
+    start_agent,
+    stop_agent,
+    wait_until,
+)
+from agent_harness import RunningAgent as Agent
 
 from pyro_mcp.errors import GuestError, InvalidArgumentError, NotFoundError, PyroTimeoutError
 from pyro_mcp.guest import protocol
 from pyro_mcp.guest.client import ExecResult, GuestClient
 from pyro_mcp.guest.protocol import Frame, FrameReader, encode_frame
 
-WAIT = 15.0
-
-
-# --- harness (kept in step with the copy in test_agent.py) ---------------------------------
-
-
-def wait_until(condition: Callable[[], bool], what: str, limit: float = WAIT) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.01)
-
-
-def process_table() -> dict[int, tuple[str, int, int]]:
-    """pid -> (state, ppid, process group) for every process."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        table[int(entry)] = (fields[0], int(fields[1]), int(fields[2]))
-    return table
-
-
-def descendants(pid: int) -> list[int]:
-    table = process_table()
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [p for p, (_, ppid, _) in table.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
-
-
-def live_group(pgid: int) -> list[int]:
-    return [p for p, (state, _, group) in process_table().items() if group == pgid and state != "Z"]
-
-
-class Agent:
-    """The agent as a subprocess on a UNIX socket, with identity files under `root`."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.root = workdir / "root"
-        (self.root / "etc").mkdir(parents=True)
-        (self.root / "dev").mkdir()
-        self.socket_path = str(workdir / "agent.sock")
-        self.log = workdir / "agent.log"
-        command = [sys.executable, "-m", "pyro_mcp.guest.agent", "--unix", self.socket_path]
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [*command, "--sandbox-root", str(self.root)], stdin=subprocess.DEVNULL, stderr=log
-            )
-        wait_until(self._listening, "the agent to listen")
-
-    def _listening(self) -> bool:
-        if self.proc.poll() is not None:
-            pytest.fail(f"agent exited early: {self.log.read_text()}")
-        with socket.socket(socket.AF_UNIX) as probe:
-            return probe.connect_ex(self.socket_path) == 0
-
-    def stop(self) -> None:
-        """Nothing the agent started may outlive the test."""
-        wait_until(lambda: not descendants(self.proc.pid), "the agent's children to end")
-        self.proc.terminate()
-        assert self.proc.wait(WAIT) == 0, self.log.read_text()
-
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    # Short, because UNIX socket paths are limited to 108 bytes.
-    path = Path(tempfile.mkdtemp(prefix="pyro-client-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with short_workdir("pyro-client-") as path:
+        yield path
 
 
 @pytest.fixture
 def agent(workdir: Path) -> Iterator[Agent]:
-    running = Agent(workdir)
+    running = start_agent(workdir)
     yield running
-    running.stop()
+    stop_agent(running)
 
 
 @pytest.fixture
@@ -295,7 +225,7 @@ def test_agent_errors_map_to_the_error_tree(client: GuestClient) -> None:
 
 
 def test_agent_exit_fails_pending_requests(workdir: Path) -> None:
-    running = Agent(workdir)
+    running = start_agent(workdir)
     client = GuestClient.connect_unix(running.socket_path, timeout=WAIT)
     failures: list[BaseException] = []
     pids: list[bytes] = []
