@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from pyro_mcp.errors import PyroTimeoutError
 
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes, the last one a NUL
 
@@ -37,6 +40,18 @@ def connect_unix(path: Path | str, timeout: float | None) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def connect_when_ready(path: Path | str, timeout: float, what: str) -> socket.socket:
+    """Connect to a socket a just-started process will create; `what` names it in the error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return connect_unix(path, None)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() >= deadline:
+                raise PyroTimeoutError(f"{what} {path} within {timeout:.0f} s") from None
+            time.sleep(0.002)
 
 
 def bind_unix(sock: socket.socket, path: Path | str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from pyro_mcp.errors import PyroTimeoutError, VmmError
 from pyro_mcp.guest.protocol import SERIAL_PORT_NAME
 from pyro_mcp.host import tools
-from pyro_mcp.host.unix import connect_unix
+from pyro_mcp.host.unix import connect_when_ready
 from pyro_mcp.vmm.base import Snapshot, VmSpec, spawn_vmm
 from pyro_mcp.vmm.boot_args import boot_args
 from pyro_mcp.vmm.qmp import Qmp
@@ -136,17 +136,7 @@ class QemuBackend:
     def connect_agent(self, spec: VmSpec, timeout: float) -> socket.socket:
         """Connect to the virtio-serial socket once QEMU has created it."""
         path = spec.vm_dir / AGENT_SOCKET
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                sock = connect_unix(path, None)
-                return sock
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() >= deadline:
-                    raise PyroTimeoutError(
-                        f"QEMU did not open the agent socket {path} within {timeout:.0f} s"
-                    ) from None
-                time.sleep(0.005)
+        return connect_when_ready(path, timeout, "QEMU did not open the agent socket")
 
 
 _IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}

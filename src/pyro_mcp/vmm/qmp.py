@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp.errors import PyroTimeoutError, VmmError
-from pyro_mcp.host.unix import connect_unix
+from pyro_mcp.host.unix import connect_when_ready
 
 
 class Qmp:
@@ -26,14 +26,7 @@ class Qmp:
     def connect(cls, path: Path, timeout: float) -> Qmp:
         """Connect once QEMU has created the socket, and read its greeting."""
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                sock = connect_unix(path, None)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() >= deadline:
-                    raise PyroTimeoutError(f"QEMU did not open its monitor {path}") from None
-                time.sleep(0.002)
+        sock = connect_when_ready(path, timeout, "QEMU did not open its monitor")
         qmp = cls(sock)
         sock.settimeout(max(deadline - time.monotonic(), 1.0))
         try:
