@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pyro_mcp.environments.blobs import remove_tree
 from pyro_mcp.errors import GuestError, PyroError, PyroTimeoutError, VmmError
 from pyro_mcp.guest import protocol
 from pyro_mcp.host.process import ProcessRef
@@ -359,11 +360,8 @@ class Supervisor:
 
 
 def remove_vm_files(vm_dir: Path) -> None:
-    for path in sorted(vm_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):
-            path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
-    with contextlib.suppress(OSError):
-        vm_dir.rmdir()
+    """Every file, socket and disk of the VM, its directory included."""
+    remove_tree(vm_dir)
 
 
 def record(store: StateStore, vm_id: str, delete_on_exit: bool, reason: str) -> None:
