@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 from pyro_mcp.environments.service import EnvironmentService
 from pyro_mcp.environments.store import EnvironmentStore
 from pyro_mcp.runtime.vms import Command, OutputCallback, VmService
+from pyro_mcp.runtime.workspaces.commands import WorkspaceCommands
+from pyro_mcp.runtime.workspaces.files import WorkspaceFiles
+from pyro_mcp.runtime.workspaces.service import WorkspaceService
 from pyro_mcp.state.store import StateStore
 
 if TYPE_CHECKING:
@@ -24,6 +27,9 @@ class Pyro:
         store = EnvironmentStore(Path(cache_dir) / "environments" if cache_dir else None)
         self.environments = EnvironmentService(store)
         self.vms = VmService(self.environments, StateStore(Path(state_dir) if state_dir else None))
+        self.workspaces = WorkspaceService(self.vms)
+        self._commands = WorkspaceCommands(self.workspaces)
+        self._files = WorkspaceFiles(self.workspaces)
 
     # --- one-shot runs and VMs -------------------------------------------------------------
 
@@ -105,6 +111,133 @@ class Pyro:
     def reap_expired(self) -> dict[str, Any]:
         """Delete every VM past its TTL (supervisors also do this on their own)."""
         return self.vms.reap_expired()
+
+    # --- workspaces ----------------------------------------------------------------------
+
+    def create_workspace(
+        self,
+        *,
+        environment: str,
+        vcpu_count: int = 1,
+        mem_mib: int = 1024,
+        ttl_seconds: int = 600,
+        network_policy: str = "off",
+        allow_host_compat: bool = False,
+        seed_path: str | Path | None = None,
+        secrets: list[dict[str, str]] | None = None,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Boot a persistent workspace; `seed_path` (a directory or .tar/.tar.gz/.tgz) fills
+        /workspace and becomes the baseline that diff and reset compare against."""
+        del allow_host_compat  # accepted for compatibility: commands never run on the host
+        return self.workspaces.create(
+            environment=environment,
+            vcpu_count=vcpu_count,
+            mem_mib=mem_mib,
+            ttl_seconds=ttl_seconds,
+            network_policy=network_policy,
+            seed_path=None if seed_path is None else str(seed_path),
+            secrets=secrets,
+            name=name,
+            labels=labels,
+        )
+
+    def list_workspaces(self) -> dict[str, Any]:
+        """Every workspace, most recently active first (expired ones are deleted on the way)."""
+        return self.workspaces.list()
+
+    def status_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """The workspace's record, reconciled with its VM (a dead VM shows `stopped`, why)."""
+        return self.workspaces.view(workspace_id)
+
+    def update_workspace(
+        self,
+        workspace_id: str,
+        *,
+        name: str | None = None,
+        clear_name: bool = False,
+        labels: dict[str, str] | None = None,
+        clear_labels: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Set or clear the name; add, change or remove labels."""
+        return self.workspaces.update(
+            workspace_id, name=name, clear_name=clear_name, labels=labels, clear_labels=clear_labels
+        )
+
+    def stop_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """Stop the workspace's VM; its disk stays for start_workspace."""
+        return self.workspaces.stop(workspace_id)
+
+    def start_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """Boot a stopped workspace on its own disk."""
+        return self.workspaces.start(workspace_id)
+
+    def delete_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """Stop the workspace and remove its disk, baseline and command logs."""
+        return self.workspaces.delete(workspace_id)
+
+    def reset_workspace(self, workspace_id: str, *, snapshot: str = "baseline") -> dict[str, Any]:
+        """A fresh VM with /workspace back at the baseline; the command history stays."""
+        return self.workspaces.reset(workspace_id, snapshot=snapshot)
+
+    def exec_workspace(
+        self,
+        workspace_id: str,
+        *,
+        command: Command,
+        timeout_seconds: int = 30,
+        secret_env: dict[str, str] | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> dict[str, Any]:
+        """Run a command in /workspace (a string runs with `sh -lc`, a list as is)."""
+        return self._commands.exec(
+            workspace_id,
+            command=command,
+            timeout_seconds=timeout_seconds,
+            secret_env=secret_env,
+            on_output=on_output,
+        )
+
+    def logs_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """Every command run in the workspace with the tail of its output, oldest first."""
+        return self._commands.logs(workspace_id)
+
+    def push_workspace_sync(
+        self, workspace_id: str, source_path: str | Path, *, dest: str = "/workspace"
+    ) -> dict[str, Any]:
+        """Unpack a host directory or archive over `dest` inside /workspace."""
+        return self._files.push(workspace_id, str(source_path), dest=dest)
+
+    def export_workspace(
+        self, workspace_id: str, path: str, *, output_path: str | Path
+    ) -> dict[str, Any]:
+        """Copy a file or directory of /workspace to a host path that must not exist yet."""
+        return self._files.export(workspace_id, path, output_path=str(output_path))
+
+    def diff_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """What changed in /workspace since the baseline: a summary and a git-style patch."""
+        return self._files.diff(workspace_id)
+
+    def list_workspace_files(
+        self, workspace_id: str, *, path: str = "/workspace", recursive: bool = False
+    ) -> dict[str, Any]:
+        """A directory's entries (every entry below it with recursive)."""
+        return self._files.list(workspace_id, path=path, recursive=recursive)
+
+    def read_workspace_file(
+        self, workspace_id: str, path: str, *, max_bytes: int = 65536
+    ) -> dict[str, Any]:
+        """The first max_bytes (at most 1 MiB) of a file; a bigger file is `truncated`."""
+        return self._files.read(workspace_id, path, max_bytes=max_bytes)
+
+    def write_workspace_file(self, workspace_id: str, path: str, *, text: str) -> dict[str, Any]:
+        """Create or replace a text file (at most 1 MiB) atomically."""
+        return self._files.write(workspace_id, path, text=text)
+
+    def apply_workspace_patch(self, workspace_id: str, *, patch: str) -> dict[str, Any]:
+        """Apply a unified diff; every hunk is checked first and a failing patch changes nothing."""
+        return self._files.apply_patch(workspace_id, patch=patch)
 
     # --- environments --------------------------------------------------------------------
 

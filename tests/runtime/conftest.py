@@ -4,10 +4,11 @@
 `leak_guard` records every supervisor the test starts (in this process through
 `launch.spawn_supervisor`; a test that runs the CLI in a subprocess adds the supervisor it
 reads from the state store) and the VMM children it sees under them. On teardown it deletes
-the VMs that are left, then proves that nothing leaked: every recorded supervisor and VMM is
-dead (a zombie is dead), no QEMU runs with its working directory in this test's state
-directory, no other process holds a file there open, and the state's `vms/` directory is
-empty. A leak fails the test, after the leaked processes it recorded are killed.
+the workspaces and VMs that are left, then proves that nothing leaked: every recorded
+supervisor and VMM is dead (a zombie is dead), no QEMU runs with its working directory in
+this test's state directory, no other process holds a file there open, and the state's `vms/` and
+`workspaces/` directories are empty. A leak fails the test, after the leaked processes it
+recorded are killed.
 
 Processes are only ever identified by (pid, start time) refs recorded here, or by QEMU's
 comm plus a working directory inside this test's state directory; never by command line.
@@ -31,6 +32,7 @@ from pyro_mcp.host import tools
 from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.runtime import launch
 from pyro_mcp.sdk import Pyro
+from pyro_mcp.state import workspaces as workspace_rows
 
 QEMU_COMM = "qemu-system-x86"  # /proc/PID/comm of qemu-system-x86_64 (15 characters)
 VMM_COMMS = (QEMU_COMM, "firecracker")
@@ -169,10 +171,13 @@ class LeakGuard:
         return found
 
     def files(self) -> list[str]:
-        vms = self.state_dir / "vms"
-        if not vms.exists():
-            return []
-        return sorted(str(p.relative_to(vms)) for p in vms.rglob("*"))
+        """Whatever is left in the VM and workspace directories."""
+        found = []
+        for top in ("vms", "workspaces"):
+            base = self.state_dir / top
+            if base.exists():
+                found += sorted(f"{top}/{p.relative_to(base)}" for p in base.rglob("*"))
+        return found
 
     def leaks(self) -> list[str]:
         problems = []
@@ -180,7 +185,7 @@ class LeakGuard:
             problems += [f"{kind} {ref.pid} still alive" for ref in refs.values() if ref.alive()]
         problems += [f"QEMU {pid} still runs in {cwd}" for pid, cwd in self.qemus_in_state()]
         problems += self.holders()
-        problems += [f"file left in vms/: {name}" for name in self.files()]
+        problems += [f"file left behind: {name}" for name in self.files()]
         return problems
 
     def settle(self, limit: float = SETTLE_S) -> list[str]:
@@ -223,6 +228,11 @@ def leak_guard(isolated_pyro_dirs: None, monkeypatch: pytest.MonkeyPatch) -> Ite
     cleanup_errors = []
     pyro = Pyro(state_dir=guard.state_dir)
     if pyro.vms.store.path.exists():
+        for ws in workspace_rows.list_workspaces(pyro.vms.store):
+            try:
+                pyro.workspaces.delete(ws["workspace_id"])
+            except Exception as exc:
+                cleanup_errors.append(f"delete_workspace({ws['workspace_id']}) failed: {exc!r}")
         for row in pyro.vms.store.list_vms():
             try:
                 pyro.vms.delete_vm(row["vm_id"], reason="test_teardown")

@@ -17,7 +17,7 @@ from pyro_mcp.cli import main as cli_main
 from pyro_mcp.cli.run import as_command, split_command
 from pyro_mcp.errors import InvalidArgumentError, NotFoundError, WrongStateError
 from pyro_mcp.host.process import ProcessRef
-from pyro_mcp.runtime.vms import LIMITS, _argv_and_text, check_range
+from pyro_mcp.runtime.vms import LIMITS, check_range, command_parts
 from pyro_mcp.sdk import Pyro
 
 # --- check_range ---------------------------------------------------------------------------
@@ -59,12 +59,12 @@ def test_check_range_names_the_field_and_its_range(name: str, value: Any) -> Non
 
 
 def test_a_string_command_is_shell_text() -> None:
-    assert _argv_and_text("echo hi && exit 3") == (None, "echo hi && exit 3", "echo hi && exit 3")
+    assert command_parts("echo hi && exit 3") == (None, "echo hi && exit 3", "echo hi && exit 3")
 
 
 def test_an_argv_command_is_kept_exactly_and_shown_quoted() -> None:
     argv = ["sh", "-c", 'printf "%s|" "$@"', "x", "a b", "it's", '"q"', ""]
-    got_argv, shell, text = _argv_and_text(tuple(argv))
+    got_argv, shell, text = command_parts(tuple(argv))
     assert got_argv == argv and shell is None
     assert text == "sh -c 'printf \"%s|\" \"$@\"' x 'a b' 'it'\"'\"'s' '\"q\"' ''"
 
@@ -72,7 +72,7 @@ def test_an_argv_command_is_kept_exactly_and_shown_quoted() -> None:
 @pytest.mark.parametrize("command", ["", "   \n", [], ["ls", 3], [None]])
 def test_empty_or_non_string_commands_are_refused(command: Any) -> None:
     with pytest.raises(InvalidArgumentError, match="command"):
-        _argv_and_text(command)
+        command_parts(command)
 
 
 def test_split_command_cuts_at_the_first_double_dash_only() -> None:

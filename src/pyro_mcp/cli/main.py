@@ -11,6 +11,7 @@ from pyro_mcp.cli import doctor as doctor_cmd
 from pyro_mcp.cli import env as env_cmd
 from pyro_mcp.cli import run as run_cmd
 from pyro_mcp.cli import runtime as runtime_cmd
+from pyro_mcp.cli import workspace as workspace_cmd
 from pyro_mcp.cli.output import EXIT_ERROR, EXIT_USAGE, report_error
 from pyro_mcp.errors import PyroError, SystemFault
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run_cmd.register(commands)
     env_cmd.register(commands)
+    workspace_cmd.register(commands)
     doctor_cmd.register(commands)
     runtime_cmd.register(commands)
     return parser
@@ -38,7 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(options)
         if command is not None and not getattr(args, "wants_command", False):
-            parser.error("`--` followed by a command only goes with `pyro run`")
+            parser.error(
+                "`--` followed by a command only goes with `pyro run` and `pyro workspace exec`"
+            )
     except SystemExit as exc:  # argparse already printed the usage message
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     args.command = command

@@ -18,7 +18,7 @@ import shutil
 import stat
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -298,6 +298,16 @@ class _Scan:
             stack.pop()
             pending = found.split("/") + pending
         return False
+
+
+def check_archive(members: Iterable[tarfile.TarInfo]) -> tuple[int, int]:
+    """Check members against the extraction rules, with no destination (the host checks seeds
+    and exports with it); returns (member count, regular-file bytes), raises OpError."""
+    scan = _Scan(_Dest(None), ())
+    for info in members:
+        scan.add(info)
+    scan.check_links()
+    return len(scan.members), scan.file_bytes
 
 
 # --- tar.extract: doing ------------------------------------------------------------------------

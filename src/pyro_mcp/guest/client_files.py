@@ -349,7 +349,7 @@ class FileOps:
     def create_tar(
         self,
         path: str,
-        sink: Callable[[bytes], None],
+        sink: Callable[[bytes], object],
         *,
         max_bytes: int = pf.MAX_ARCHIVE_BYTES,
         timeout: float = ARCHIVE_TIMEOUT,
@@ -363,7 +363,7 @@ class FileOps:
             params,
             timeout,
             _parse_created,
-            lambda stream, data: sink(data),
+            lambda stream, data: None if sink(data) else None,
             max_bytes,
             keep=False,
             streams=_DATA,

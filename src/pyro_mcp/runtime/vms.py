@@ -52,7 +52,7 @@ def check_range(name: str, value: Any) -> int:
     return int(value)
 
 
-def _argv_and_text(command: Command) -> tuple[list[str] | None, str | None, str]:
+def command_parts(command: Command) -> tuple[list[str] | None, str | None, str]:
     """(argv, shell string, display text): a string runs through `sh -lc`, a list as is."""
     if isinstance(command, str):
         if not command.strip():
@@ -109,9 +109,9 @@ class VmService:
         row = self.store.get_vm(vm_id)
         if row is None:
             raise NotFoundError(f"VM {vm_id!r} does not exist", hint="`vm_id`s come from create_vm")
-        return self._reconcile(row)
+        return self.reconcile(row)
 
-    def _reconcile(self, row: dict[str, Any]) -> dict[str, Any]:
+    def reconcile(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["state"] != "started":
             return row
         sup = ProcessRef(row["supervisor_pid"] or 0, row["supervisor_start"] or 0)
@@ -144,8 +144,13 @@ class VmService:
         allow_host_compat: bool = False,
         _owner: ProcessRef | None = None,
         _disk_mib: int = 0,
+        _disk_path: Path | None = None,
+        _workspace_id: str | None = None,
+        _expires_at: float | None = None,
     ) -> dict[str, Any]:
-        """Record a VM (state `created`); nothing runs until start_vm."""
+        """Record a VM (state `created`); nothing runs until start_vm.
+
+        A workspace's VM keeps its disk at `_disk_path`, outside the VM's directory."""
         del allow_host_compat  # accepted for compatibility: commands never run on the host
         vcpu_count = check_range("vcpu_count", vcpu_count)
         mem_mib = check_range("mem_mib", mem_mib)
@@ -166,13 +171,15 @@ class VmService:
             "mem_mib": mem_mib,
             "ttl_seconds": ttl_seconds,
             "created_at": now,
-            "expires_at": now + ttl_seconds,
+            "expires_at": _expires_at or now + ttl_seconds,
             "state": "created",
             "execution_mode": "pending",
             "vm_dir": str(self.store.vm_dir(vm_id)),
             "owner_pid": _owner.pid if _owner else None,
             "owner_start": _owner.start if _owner else None,
             "disk_mib": _disk_mib,
+            "disk_path": str(_disk_path) if _disk_path else None,
+            "workspace_id": _workspace_id,
         }
         self.store.insert_vm(record)
         return self._view(self._row(vm_id))
@@ -195,7 +202,8 @@ class VmService:
         snapshot, note = self._warm_snapshot(installed, choice, row, on_phase)
         if on_phase:
             on_phase(f"start execution_mode={choice.execution_mode}")
-        pooled = snapshot is not None and standby.enabled()
+        # A standby VM has its own disk; a workspace's VM must boot on the workspace's.
+        pooled = snapshot is not None and standby.enabled() and not row["disk_path"]
         if not (pooled and self._adopt_standby(row, choice)):
             self._boot(row, installed, choice, snapshot, note)
         if pooled and snapshot is not None:
@@ -231,7 +239,7 @@ class VmService:
             row["vcpu_count"],
             row["mem_mib"],
             f"pyro-{vm_id[:8]}",
-            rw_disk=self._writable_disk(row, vm_dir, snapshot),
+            rw_disk=self._writable_disk(row, snapshot),
         )
         owner = row.get("owner_pid")
         return SupervisorConfig(
@@ -247,14 +255,15 @@ class VmService:
             snapshot_memory=str(snapshot.memory) if snapshot else None,
             snapshot_state=str(snapshot.state) if snapshot else None,
             standby=standby_vm,
+            workspace_id=row.get("workspace_id"),
         )
 
     @staticmethod
-    def _writable_disk(row: dict[str, Any], vm_dir: Path, snapshot: Snapshot | None) -> Path | None:
+    def _writable_disk(row: dict[str, Any], snapshot: Snapshot | None) -> Path | None:
         """The VM's own disk: a sparse copy of the snapshot's, or a new one for a cold boot."""
         if not row["disk_mib"]:
             return None
-        disk = vm_dir / DISK_FILE
+        disk = disk_file(row)
         if disk.exists():  # already made for this start (a standby claimed it, for one)
             return disk
         if snapshot is not None and snapshot.disk is not None:
@@ -381,7 +390,7 @@ class VmService:
         """The warm-start snapshot for this VM, made on first need; None means cold boot."""
         if os.environ.get(WARM_ENV, "1") == "0":
             return None, f"warm start is off ({WARM_ENV}=0)"
-        if row["disk_mib"] and (Path(row["vm_dir"]) / DISK_FILE).exists():
+        if row["disk_mib"] and disk_file(row).exists():
             # The template's memory describes the template's disk, not this one's data.
             return None, "the VM's disk already holds data: cold boot"
         key = snapshot_key(installed, choice, row["vcpu_count"], row["mem_mib"], row["disk_mib"])
@@ -411,7 +420,7 @@ class VmService:
     ) -> tuple[dict[str, Any], ExecResult, int]:
         """Run `command` in a started VM; returns (record, result, wall ms)."""
         timeout = check_range("timeout_seconds", timeout_seconds)
-        argv, shell, _ = _argv_and_text(command)
+        argv, shell, _ = command_parts(command)
         row = self._started_row(vm_id)
         started = time.monotonic()
         with launch.connect(Path(row["vm_dir"])) as client:
@@ -430,7 +439,7 @@ class VmService:
         # A request refused before anything runs (bad arguments, a VM that is not started)
         # leaves the VM as it is; once the command is on its way, the VM goes whatever happens.
         check_range("timeout_seconds", timeout_seconds)
-        _argv_and_text(command)
+        command_parts(command)
         self._started_row(vm_id)
         try:
             row, result, wall = self.exec_in(
@@ -469,7 +478,7 @@ class VmService:
 
     def list_vms(self) -> list[dict[str, Any]]:
         rows = [r for r in self.store.list_vms() if r["state"] not in standby.STANDBY_STATES]
-        return [self._view(self._reconcile(row)) for row in rows]
+        return [self._view(self.reconcile(row)) for row in rows]
 
     def network_info_vm(self, vm_id: str) -> dict[str, Any]:
         self._row(vm_id)
@@ -504,7 +513,7 @@ class VmService:
     ) -> dict[str, Any]:
         """A fresh VM, one command, and the VM gone afterwards, whatever happens."""
         check_range("timeout_seconds", timeout_seconds)
-        _argv_and_text(command)
+        command_parts(command)
         if on_phase:
             on_phase(f"create environment={environment}")
         vm = self.create_vm(
@@ -529,6 +538,11 @@ class VmService:
             raise
 
 
+def disk_file(row: dict[str, Any]) -> Path:
+    """Where a VM's writable disk lives: its own directory, or the workspace's it serves."""
+    return Path(row["disk_path"]) if row.get("disk_path") else Path(row["vm_dir"]) / DISK_FILE
+
+
 def exec_view(
     row: dict[str, Any], command: Command, result: ExecResult, wall_ms: int, cleanup: dict[str, Any]
 ) -> dict[str, Any]:
@@ -536,7 +550,7 @@ def exec_view(
         "vm_id": row["vm_id"],
         "environment": row["environment"],
         "environment_version": row["environment_version"],
-        "command": _argv_and_text(command)[2],
+        "command": command_parts(command)[2],
         "stdout": result.stdout,
         "stderr": result.stderr,
         "stdout_truncated": result.stdout_truncated,

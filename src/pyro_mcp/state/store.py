@@ -40,7 +40,47 @@ CREATE TABLE IF NOT EXISTS vms (
     network_enabled INTEGER NOT NULL DEFAULT 0,
     boot_mode TEXT,
     boot_note TEXT,
-    disk_mib INTEGER NOT NULL DEFAULT 0
+    disk_mib INTEGER NOT NULL DEFAULT 0,
+    disk_path TEXT,
+    workspace_id TEXT
+);
+CREATE TABLE IF NOT EXISTS workspaces (
+    workspace_id TEXT PRIMARY KEY,
+    name TEXT,
+    labels TEXT NOT NULL DEFAULT '{}',
+    environment TEXT NOT NULL,
+    environment_version TEXT NOT NULL,
+    vcpu_count INTEGER NOT NULL,
+    mem_mib INTEGER NOT NULL,
+    ttl_seconds INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    last_activity_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    stop_reason TEXT,
+    vm_id TEXT,
+    workspace_dir TEXT NOT NULL,
+    seed TEXT NOT NULL DEFAULT '{}',
+    execution_mode TEXT NOT NULL DEFAULT 'pending',
+    command_count INTEGER NOT NULL DEFAULT 0,
+    reset_count INTEGER NOT NULL DEFAULT 0,
+    last_reset_at REAL
+);
+CREATE TABLE IF NOT EXISTS workspace_commands (
+    workspace_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    cwd TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    recorded_at REAL,
+    exit_code INTEGER,
+    duration_ms INTEGER,
+    timed_out INTEGER,
+    stdout_truncated INTEGER,
+    stderr_truncated INTEGER,
+    execution_mode TEXT,
+    error TEXT,
+    PRIMARY KEY (workspace_id, sequence)
 );
 """
 
@@ -49,7 +89,21 @@ VM_COLUMNS = (
     "created_at", "expires_at", "state", "backend", "execution_mode", "vm_dir",
     "supervisor_pid", "supervisor_start", "owner_pid", "owner_start", "started_at",
     "stopped_at", "stop_reason", "network_enabled", "boot_mode", "boot_note", "disk_mib",
+    "disk_path", "workspace_id",
 )  # fmt: skip
+WORKSPACE_COLUMNS = (
+    "workspace_id", "name", "labels", "environment", "environment_version", "vcpu_count",
+    "mem_mib", "ttl_seconds", "created_at", "last_activity_at", "expires_at", "state",
+    "stop_reason", "vm_id", "workspace_dir", "seed", "execution_mode", "command_count",
+    "reset_count", "last_reset_at",
+)  # fmt: skip
+COMMAND_COLUMNS = (
+    "workspace_id", "sequence", "command", "cwd", "started_at", "recorded_at", "exit_code",
+    "duration_ms", "timed_out", "stdout_truncated", "stderr_truncated", "execution_mode", "error",
+)  # fmt: skip
+_TABLES = {"vms": ("vm_id", VM_COLUMNS), "workspaces": ("workspace_id", WORKSPACE_COLUMNS)}
+# Columns added after a table first shipped: an older state file gains them on open.
+_ADDED_COLUMNS = {"vms": {"disk_path": "TEXT", "workspace_id": "TEXT"}}
 
 
 class StateStore:
@@ -62,6 +116,9 @@ class StateStore:
 
     def vm_dir(self, vm_id: str) -> Path:
         return self.root / "vms" / vm_id
+
+    def workspace_dir(self, workspace_id: str) -> Path:
+        return self.root / "workspaces" / workspace_id
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
@@ -81,6 +138,7 @@ class StateStore:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.executescript(_SCHEMA)
+        _add_missing_columns(conn)
         return conn
 
     @contextlib.contextmanager
@@ -95,15 +153,10 @@ class StateStore:
             conn.execute("COMMIT")
 
     def insert_vm(self, record: dict[str, Any]) -> None:
-        keys = [k for k in VM_COLUMNS if k in record]
-        sql = f"INSERT INTO vms ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})"
-        with self.transaction() as conn:
-            conn.execute(sql, [record[k] for k in keys])
+        self.insert("vms", record)
 
     def get_vm(self, vm_id: str) -> dict[str, Any] | None:
-        with self.connect() as conn:
-            row = conn.execute("SELECT * FROM vms WHERE vm_id = ?", (vm_id,)).fetchone()
-        return dict(row) if row is not None else None
+        return self.get("vms", vm_id)
 
     def list_vms(self) -> list[dict[str, Any]]:
         with self.connect() as conn:
@@ -111,14 +164,42 @@ class StateStore:
         return [dict(row) for row in rows]
 
     def update_vm(self, vm_id: str, **fields: Any) -> None:
-        unknown = set(fields) - set(VM_COLUMNS)
-        if unknown:
-            raise KeyError(f"unknown VM fields: {sorted(unknown)}")
-        assignments = ", ".join(f"{k} = ?" for k in fields)
-        with self.transaction() as conn:
-            conn.execute(f"UPDATE vms SET {assignments} WHERE vm_id = ?", [*fields.values(), vm_id])
+        self.update("vms", vm_id, **fields)
 
     def delete_vm(self, vm_id: str) -> bool:
         with self.transaction() as conn:
             cursor = conn.execute("DELETE FROM vms WHERE vm_id = ?", (vm_id,))
         return cursor.rowcount > 0
+
+    # --- any table with a single-column key ------------------------------------------------
+
+    def insert(self, table: str, record: dict[str, Any]) -> None:
+        keys = [k for k in _TABLES[table][1] if k in record]
+        sql = f"INSERT INTO {table} ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})"
+        with self.transaction() as conn:
+            conn.execute(sql, [record[k] for k in keys])
+
+    def get(self, table: str, key: str) -> dict[str, Any] | None:
+        key_column = _TABLES[table][0]
+        with self.connect() as conn:
+            row = conn.execute(f"SELECT * FROM {table} WHERE {key_column} = ?", (key,)).fetchone()
+        return dict(row) if row is not None else None
+
+    def update(self, table: str, key: str, **fields: Any) -> None:
+        key_column, columns = _TABLES[table]
+        unknown = set(fields) - set(columns)
+        if unknown:
+            raise KeyError(f"unknown {table} fields: {sorted(unknown)}")
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE {table} SET {assignments} WHERE {key_column} = ?", [*fields.values(), key]
+            )
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")

@@ -1,0 +1,1 @@
+"""Persistent workspaces: a VM whose writable disk, baseline and command history outlive it."""

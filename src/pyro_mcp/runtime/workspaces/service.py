@@ -1,0 +1,442 @@
+"""Workspace lifecycle: create, list, status, update, stop, start, reset, delete.
+
+A workspace is a record, a directory (its writable disk, the baseline tar and manifest, the
+command logs) and, while started, one VM whose writable disk is the workspace's own. The VM
+comes and goes (stop, start, reset); the disk survives stop and start, and reset replaces it
+with a fresh one (from the warm-start snapshot) holding the baseline again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pyro_mcp import paths
+from pyro_mcp.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PyroError,
+    WrongStateError,
+)
+from pyro_mcp.guest.client_files import ArchiveResult
+from pyro_mcp.runtime import launch
+from pyro_mcp.runtime.vms import VmService, check_range
+from pyro_mcp.runtime.workspaces import archives, diff, locks, records
+from pyro_mcp.state import workspaces as rows
+from pyro_mcp.supervisor.main import remove_workspace
+from pyro_mcp.vmm.disks import DEFAULT_DISK_MIB
+
+DISK = "disk.ext4"
+BASELINE_TAR = "baseline.tar"
+BASELINE_MANIFEST = "baseline.json"
+# How long a call waits for another process's lifecycle change (a cold boot under TCG is the
+# slowest thing it can be waiting for).
+CHANGE_WAIT_S = 300.0
+Phase = Callable[[str], None]
+
+
+class WorkspaceService:
+    def __init__(self, vms: VmService) -> None:
+        self.vms = vms
+        self.store = vms.store
+
+    def directory(self, workspace_id: str) -> Path:
+        return self.store.workspace_dir(workspace_id)
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _load(self, workspace_id: str) -> dict[str, Any]:
+        row = None
+        if isinstance(workspace_id, str) and workspace_id.isalnum():
+            row = self.store.get("workspaces", workspace_id)
+        if row is None:
+            raise NotFoundError(
+                f"workspace {workspace_id!r} does not exist",
+                hint="list workspaces with `pyro workspace list`",
+            )
+        return row
+
+    def row(self, workspace_id: str, *, held: bool = False) -> dict[str, Any]:
+        """The record, reconciled with its VM; an expired workspace is deleted and NotFound.
+        `held`: the caller holds the lifecycle lock."""
+        row = self._load(workspace_id)
+        if row["expires_at"] <= time.time():
+            self._expire(row, held=held)
+            raise NotFoundError(
+                f"workspace {workspace_id} expired (ttl_seconds={row['ttl_seconds']}) and was "
+                "deleted",
+                hint="create a new workspace, with a longer ttl_seconds if it needs one",
+            )
+        return self._reconcile(row, held=held)
+
+    def _reconcile(self, row: dict[str, Any], *, held: bool = False) -> dict[str, Any]:
+        state, reason = row["state"], None
+        if state in records.TRANSITIONAL:
+            # Only a live lifecycle call holds the lock; if it is ours, that call is gone.
+            if held or locks.is_free(self.directory(row["workspace_id"]), locks.LIFE):
+                reason = f"interrupted: the call that was {state} the workspace ended mid-way"
+        elif state == "started":
+            vm = self.store.get_vm(row["vm_id"] or "")
+            vm = self.vms.reconcile(vm) if vm is not None else None
+            if vm is None or vm["state"] != "started":
+                reason = (vm or {}).get("stop_reason") or "the workspace's VM is gone"
+        if reason is None:
+            return row
+        self._settle(row, reason)
+        return self._load(row["workspace_id"])
+
+    def _settle(self, row: Mapping[str, Any], reason: str) -> None:
+        """Record a workspace as stopped for `reason`, unless someone changed it meanwhile."""
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE workspaces SET state = 'stopped', stop_reason = ?, vm_id = NULL "
+                "WHERE workspace_id = ? AND state = ? AND vm_id IS ?",
+                (reason, row["workspace_id"], row["state"], row["vm_id"]),
+            )
+        if row["vm_id"]:
+            with contextlib.suppress(NotFoundError):
+                self.vms.delete_vm(row["vm_id"], reason="workspace_stopped")
+
+    def view(self, workspace_id: str) -> dict[str, Any]:
+        row = self.row(workspace_id)
+        view = records.workspace_view(row, rows.last_command(self.store, workspace_id))
+        vm = self.store.get_vm(row["vm_id"]) if row["vm_id"] else None
+        if vm is not None:
+            view["metadata"] = {"backend": vm["backend"] or "", "boot_mode": vm["boot_mode"] or ""}
+        return view
+
+    def list(self) -> dict[str, Any]:
+        now, items = time.time(), []
+        for row in rows.list_workspaces(self.store):
+            if row["expires_at"] <= now:
+                self._expire(row)
+                continue
+            items.append(records.list_item(self._reconcile(row)))
+        items.sort(key=lambda item: item["last_activity_at"], reverse=True)
+        return {"count": len(items), "workspaces": items}
+
+    # --- using the running VM -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def using(self, workspace_id: str, op: str) -> Iterator[tuple[dict[str, Any], Path]]:
+        """The started workspace and its VM's directory, held so no lifecycle change can swap
+        the VM meanwhile; waits out a change another call is making."""
+        directory = self.directory(self._load(workspace_id)["workspace_id"])
+        deadline = time.monotonic() + CHANGE_WAIT_S
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            with locks.hold(directory, locks.USE, exclusive=False, timeout=left):
+                row = self.row(workspace_id)
+                if row["state"] not in records.TRANSITIONAL:
+                    vm_dir = self._started_vm_dir(row, op)
+                    yield row, vm_dir
+                    self.touch(workspace_id)
+                    return
+            if time.monotonic() >= deadline:
+                raise WrongStateError(f"workspace {workspace_id} is still {row['state']}")
+            time.sleep(0.1)
+
+    def _started_vm_dir(self, row: Mapping[str, Any], op: str) -> Path:
+        if row["state"] != "started":
+            why = f" ({row['stop_reason']})" if row["stop_reason"] else ""
+            raise WrongStateError(
+                f"workspace {row['workspace_id']} is {row['state']}{why}; {op} needs it started",
+                hint=f"start it with `pyro workspace start {row['workspace_id']}`",
+            )
+        vm = self.store.get_vm(row["vm_id"])
+        assert vm is not None  # reconciled just now, under the use lock
+        return Path(vm["vm_dir"])
+
+    def touch(self, workspace_id: str) -> None:
+        self.store.update("workspaces", workspace_id, last_activity_at=time.time())
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        environment: str,
+        vcpu_count: int = 1,
+        mem_mib: int = 1024,
+        ttl_seconds: int = 600,
+        network_policy: str = "off",
+        seed_path: str | None = None,
+        secrets: Iterable[Any] | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        on_phase: Phase | None = None,
+    ) -> dict[str, Any]:
+        """Boot a workspace with `seed_path` (a directory or .tar/.tar.gz/.tgz) in /workspace."""
+        record = self._new_record(
+            environment, vcpu_count, mem_mib, ttl_seconds, network_policy, secrets, name, labels
+        )
+        directory = paths.ensure_private_dir(self.directory(record["workspace_id"]))
+        try:
+            with (
+                locks.hold(directory, locks.LIFE, exclusive=True, timeout=0),
+                locks.hold(directory, locks.USE, exclusive=True, timeout=0),
+            ):
+                seed = archives.prepare_archive(seed_path, directory / BASELINE_TAR)
+                record["seed"] = json.dumps(_seed_view(seed, seed.entry_count, 0))
+                self.store.insert("workspaces", record)
+                self._boot_with_baseline(record, on_phase, first=True)
+        except BaseException:
+            self._destroy(record["workspace_id"], "create_failed")
+            raise
+        return self.view(record["workspace_id"])
+
+    def _new_record(
+        self,
+        environment: str,
+        vcpu_count: int,
+        mem_mib: int,
+        ttl_seconds: int,
+        network_policy: str,
+        secrets: Iterable[Any] | None,
+        name: str | None,
+        labels: Mapping[str, str] | None,
+    ) -> dict[str, Any]:
+        vcpu_count = check_range("vcpu_count", vcpu_count)
+        mem_mib = check_range("mem_mib", mem_mib)
+        ttl_seconds = records.check_ttl(ttl_seconds)
+        records.check_network_policy(network_policy)
+        records.check_no_secrets(secrets)
+        env = self.vms.envs.inspect(environment)
+        workspace_id, now = uuid.uuid4().hex[:12], time.time()
+        return {
+            "workspace_id": workspace_id,
+            "name": records.check_name(name),
+            "labels": json.dumps(records.check_labels(labels), sort_keys=True),
+            "environment": env["name"],
+            "environment_version": env["version"],
+            "vcpu_count": vcpu_count,
+            "mem_mib": mem_mib,
+            "ttl_seconds": ttl_seconds,
+            "created_at": now,
+            "last_activity_at": now,
+            "expires_at": now + ttl_seconds,
+            "state": "creating",
+            "workspace_dir": str(self.directory(workspace_id)),
+        }
+
+    def _boot_with_baseline(
+        self, row: Mapping[str, Any], on_phase: Phase | None, *, first: bool
+    ) -> ArchiveResult:
+        """Start a VM on the workspace's disk and unpack the baseline into /workspace (the
+        caller holds both locks). The first time, the baseline manifest is taken too."""
+        workspace_id, directory = row["workspace_id"], self.directory(row["workspace_id"])
+        (directory / DISK).unlink(missing_ok=True)  # a fresh disk: the warm snapshot's copy
+        vm = self._boot(row, on_phase)
+        if on_phase:
+            on_phase("seed /workspace")
+        with (
+            launch.connect(Path(vm["vm_dir"])) as client,
+            (directory / BASELINE_TAR).open("rb") as tar,
+        ):
+            done = client.extract_tar(tar, dest=records.WORKSPACE_PATH)
+            if first:
+                diff.save_baseline(directory / BASELINE_MANIFEST, client.manifest())
+        fields: dict[str, Any] = {"state": "started", "stop_reason": None}
+        if first:
+            seed = json.loads(row["seed"])
+            seed.update(entry_count=done.entry_count, bytes_written=done.bytes_written)
+            fields["seed"] = json.dumps(seed)
+        self._started(workspace_id, vm, **fields)
+        return done
+
+    def _boot(self, row: Mapping[str, Any], on_phase: Phase | None) -> dict[str, Any]:
+        """A started VM whose writable disk is the workspace's (made afresh if missing)."""
+        directory = self.directory(row["workspace_id"])
+        vm = self.vms.create_vm(
+            environment=row["environment"],
+            vcpu_count=row["vcpu_count"],
+            mem_mib=row["mem_mib"],
+            ttl_seconds=row["ttl_seconds"],
+            _disk_mib=DEFAULT_DISK_MIB,
+            _disk_path=directory / DISK,
+            _workspace_id=row["workspace_id"],
+            _expires_at=row["expires_at"],
+        )
+        try:
+            self.vms.start_vm(vm["vm_id"], on_phase=on_phase)
+        except BaseException:
+            with contextlib.suppress(PyroError):
+                self.vms.delete_vm(vm["vm_id"], reason="workspace_boot_failed")
+            raise
+        started = self.store.get_vm(vm["vm_id"])
+        assert started is not None
+        return started
+
+    def _started(self, workspace_id: str, vm: Mapping[str, Any], **fields: Any) -> None:
+        self.store.update(
+            "workspaces",
+            workspace_id,
+            vm_id=vm["vm_id"],
+            execution_mode=vm["execution_mode"],
+            last_activity_at=time.time(),
+            **fields,
+        )
+
+    @contextlib.contextmanager
+    def _changing(self, workspace_id: str, state: str) -> Iterator[dict[str, Any]]:
+        """Hold the workspace's lifecycle lock; a change that fails leaves it `stopped` with
+        the reason."""
+        directory = self.directory(self._load(workspace_id)["workspace_id"])
+        with locks.hold(directory, locks.LIFE, exclusive=True, timeout=CHANGE_WAIT_S):
+            row = self.row(workspace_id, held=True)
+            try:
+                yield row
+            except BaseException as exc:
+                failed = self.store.get("workspaces", workspace_id)
+                if failed is not None and failed["state"] in records.TRANSITIONAL:
+                    self._settle(failed, f"{state} failed: {exc}")
+                raise
+
+    def _halt(self, row: Mapping[str, Any], state: str, reason: str, *, sync: bool) -> None:
+        """Mark the change, end the VM, then wait until no call is using it."""
+        self.store.update("workspaces", row["workspace_id"], state=state)
+        vm = self.store.get_vm(row["vm_id"]) if row["vm_id"] else None
+        if vm is not None and vm["state"] == "started" and sync:
+            with (
+                contextlib.suppress(PyroError, OSError),
+                launch.connect(Path(vm["vm_dir"]), timeout=5.0) as client,
+            ):
+                client.sync(timeout=30.0)  # flush the guest's page cache to the disk
+        if vm is not None:
+            with contextlib.suppress(NotFoundError):
+                self.vms.delete_vm(vm["vm_id"], reason=reason)
+        self.store.update("workspaces", row["workspace_id"], vm_id=None)
+
+    def _use_exclusive(self, workspace_id: str) -> contextlib.AbstractContextManager[None]:
+        return locks.hold(
+            self.directory(workspace_id), locks.USE, exclusive=True, timeout=CHANGE_WAIT_S
+        )
+
+    def stop(self, workspace_id: str) -> dict[str, Any]:
+        """End the workspace's VM; its disk (and whatever was installed) stays for start."""
+        with self._changing(workspace_id, "stopping") as row:
+            if row["state"] == "started":
+                self._halt(row, "stopping", "stopped: stop_workspace", sync=True)
+                with self._use_exclusive(workspace_id):
+                    self.store.update(
+                        "workspaces",
+                        workspace_id,
+                        state="stopped",
+                        stop_reason="stopped: stop_workspace",
+                    )
+        return self.view(workspace_id)
+
+    def start(self, workspace_id: str, *, on_phase: Phase | None = None) -> dict[str, Any]:
+        """Boot a stopped workspace on its own disk (a cold boot: the disk holds its data)."""
+        with self._changing(workspace_id, "starting") as row:
+            if row["state"] != "started":
+                self.store.update("workspaces", workspace_id, state="starting")
+                with self._use_exclusive(workspace_id):
+                    vm = self._boot(row, on_phase)
+                    self._started(workspace_id, vm, state="started", stop_reason=None)
+        return self.view(workspace_id)
+
+    def reset(
+        self, workspace_id: str, *, snapshot: str = "baseline", on_phase: Phase | None = None
+    ) -> dict[str, Any]:
+        """A fresh VM and disk with /workspace back at the baseline; command history stays."""
+        if snapshot != "baseline":
+            raise NotFoundError(
+                f"snapshot {snapshot!r} does not exist in workspace {workspace_id}",
+                hint="reset to 'baseline' (named snapshots are not available in this version)",
+            )
+        with self._changing(workspace_id, "resetting") as row:
+            self._halt(row, "resetting", "reset: reset_workspace", sync=False)
+            with self._use_exclusive(workspace_id):
+                done = self._boot_with_baseline(row, on_phase, first=False)
+                with self.store.transaction() as conn:
+                    conn.execute(
+                        "UPDATE workspaces SET reset_count = reset_count + 1, last_reset_at = ? "
+                        "WHERE workspace_id = ?",
+                        (time.time(), workspace_id),
+                    )
+        result = self.view(workspace_id)
+        result["workspace_reset"] = {
+            "snapshot_name": "baseline",
+            "kind": "baseline",
+            "destination": records.WORKSPACE_PATH,
+            "entry_count": done.entry_count,
+            "bytes_written": done.bytes_written,
+        }
+        return result
+
+    def delete(self, workspace_id: str) -> dict[str, Any]:
+        """Stop the workspace's VM and remove every trace of it (record, disk, logs)."""
+        row = self._load(workspace_id)
+        directory = self.directory(row["workspace_id"])
+        if not directory.is_dir():  # left behind by a crash: only the record remains
+            remove_workspace(self.store, row["workspace_id"])
+        else:
+            with locks.hold(directory, locks.LIFE, exclusive=True, timeout=CHANGE_WAIT_S):
+                self._halt(self._load(workspace_id), "deleting", "deleted", sync=False)
+                with locks.hold(directory, locks.USE, exclusive=True, timeout=CHANGE_WAIT_S):
+                    remove_workspace(self.store, row["workspace_id"])
+        return {"workspace_id": row["workspace_id"], "deleted": True, "reason": "explicit_delete"}
+
+    def _destroy(self, workspace_id: str, reason: str) -> None:
+        """Remove a workspace whatever state it is in (the caller owns it or it expired)."""
+        row = self.store.get("workspaces", workspace_id)
+        if row is not None and row["vm_id"]:
+            with contextlib.suppress(NotFoundError):
+                self.vms.delete_vm(row["vm_id"], reason=reason)
+        remove_workspace(self.store, workspace_id)
+
+    def _expire(self, row: Mapping[str, Any], *, held: bool = False) -> None:
+        """Delete an expired workspace unless another call is changing it right now."""
+        directory = self.directory(row["workspace_id"])
+        if held or not directory.is_dir():
+            self._destroy(row["workspace_id"], "ttl_expired")
+            return
+        with (
+            contextlib.suppress(PyroError, OSError),
+            locks.hold(directory, locks.LIFE, exclusive=True, timeout=0),
+        ):
+            self._destroy(row["workspace_id"], "ttl_expired")
+
+    def update(
+        self,
+        workspace_id: str,
+        *,
+        name: str | None = None,
+        clear_name: bool = False,
+        labels: Mapping[str, str] | None = None,
+        clear_labels: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        """Change the name or labels; an update that changes nothing is refused."""
+        if name is not None and clear_name:
+            raise InvalidArgumentError("pass either name or clear_name, not both")
+        new_name, new_labels = records.check_name(name), records.check_labels(labels)
+        drop = [records.check_label_key(key) for key in (clear_labels or [])]
+        row = self.row(workspace_id)
+        current = json.loads(row["labels"])
+        merged = {k: v for k, v in {**current, **new_labels}.items() if k not in drop}
+        final_name = None if clear_name else (new_name if name is not None else row["name"])
+        if merged == current and final_name == row["name"]:
+            raise InvalidArgumentError(
+                "the update changes nothing",
+                hint="pass a new name, clear_name, labels or clear_labels",
+            )
+        self.store.update(
+            "workspaces", workspace_id, name=final_name, labels=json.dumps(merged, sort_keys=True)
+        )
+        return self.view(workspace_id)
+
+
+def _seed_view(seed: archives.SeedArchive, entry_count: int, bytes_written: int) -> dict[str, Any]:
+    return {
+        "mode": seed.mode,
+        "seed_path": seed.source_path,
+        "destination": records.WORKSPACE_PATH,
+        "entry_count": entry_count,
+        "bytes_written": bytes_written,
+    }

@@ -1,0 +1,759 @@
+"""`pyro workspace …` against a fake SDK: argument mapping, output modes, streams, exit codes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyro_mcp import sdk
+from pyro_mcp.cli.main import build_parser, main
+from pyro_mcp.errors import NotFoundError
+
+WID = "ws-0123abcd"
+EXPIRES = 1767225600.0  # 2026-01-01T00:00:00Z
+
+WORKSPACE: dict[str, Any] = {
+    "workspace_id": WID,
+    "name": "demo",
+    "labels": {"team": "core", "env": "dev"},
+    "environment": "debian:12",
+    "environment_version": "1.0.0",
+    "vcpu_count": 1,
+    "mem_mib": 1024,
+    "ttl_seconds": 600,
+    "created_at": EXPIRES - 600,
+    "last_activity_at": EXPIRES - 60,
+    "expires_at": EXPIRES,
+    "state": "started",
+    "stop_reason": None,
+    "network_policy": "off",
+    "network_enabled": False,
+    "allow_host_compat": False,
+    "guest_ip": None,
+    "tap_name": None,
+    "execution_mode": "guest_vsock",
+    "workspace_path": "/workspace",
+    "workspace_seed": {
+        "mode": "directory",
+        "seed_path": "/src/app",
+        "destination": "/workspace",
+        "entry_count": 3,
+        "bytes_written": 2048,
+    },
+    "secrets": [],
+    "command_count": 2,
+    "last_command": {
+        "sequence": 2,
+        "command": ["make", "test"],
+        "cwd": "/workspace",
+        "exit_code": 0,
+        "duration_ms": 120,
+        "execution_mode": "guest_vsock",
+    },
+    "reset_count": 0,
+    "last_reset_at": None,
+    "service_count": 0,
+    "running_service_count": 0,
+    "metadata": {},
+}
+
+EXEC_RESULT: dict[str, Any] = {
+    "workspace_id": WID,
+    "environment": "debian:12",
+    "environment_version": "1.0.0",
+    "command": ["echo", "hi"],
+    "stdout": "hi\n",
+    "stderr": "warn\n",
+    "stdout_truncated": False,
+    "stderr_truncated": False,
+    "exit_code": 0,
+    "timed_out": False,
+    "duration_ms": 15,
+    "execution_mode": "guest_vsock",
+    "sequence": 3,
+    "cwd": "/workspace",
+}
+
+LIST_KEYS = [
+    *("workspace_id", "name", "labels", "environment", "state", "created_at"),
+    *("last_activity_at", "expires_at", "command_count", "service_count", "running_service_count"),
+]
+
+
+def log_entry(
+    sequence: int, command: str | list[str], exit_code: int | None, stdout: str, stderr: str
+) -> dict[str, Any]:
+    return {
+        "sequence": sequence,
+        "command": command,
+        "cwd": "/workspace",
+        "exit_code": exit_code,
+        "duration_ms": 9,
+        "execution_mode": "guest_vsock",
+        "stdout_file": f"/state/{sequence}.out",
+        "stderr_file": f"/state/{sequence}.err",
+        "recorded_at": EXPIRES - 100 + 50 * (sequence - 1),
+        "stdout": stdout,
+        "stderr": stderr,
+    }
+
+
+RESULTS: dict[str, Any] = {
+    "create_workspace": WORKSPACE,
+    "update_workspace": WORKSPACE,
+    "status_workspace": WORKSPACE,
+    "start_workspace": WORKSPACE,
+    "stop_workspace": {**WORKSPACE, "state": "stopped", "stop_reason": "user_request"},
+    "list_workspaces": {"count": 1, "workspaces": [{k: WORKSPACE[k] for k in LIST_KEYS}]},
+    "delete_workspace": {"workspace_id": WID, "deleted": True, "reason": "explicit_delete"},
+    "exec_workspace": EXEC_RESULT,
+    "logs_workspace": {
+        "workspace_id": WID,
+        "count": 2,
+        "entries": [
+            log_entry(1, "echo out; echo err >&2", 0, "out\n", "err\n"),
+            log_entry(2, ["sleep", "100"], None, "", ""),
+        ],
+    },
+    "push_workspace_sync": {
+        "workspace_id": WID,
+        "execution_mode": "guest_vsock",
+        "workspace_sync": {
+            "mode": "directory",
+            "source_path": "/src/app",
+            "destination": "/workspace/app",
+            "entry_count": 4,
+            "bytes_written": 4096,
+        },
+    },
+    "export_workspace": {
+        "workspace_id": WID,
+        "workspace_path": "/workspace/out",
+        "output_path": "/tmp/out",
+        "artifact_type": "directory",
+        "entry_count": 2,
+        "bytes_written": 10,
+        "execution_mode": "guest_vsock",
+    },
+    "diff_workspace": {
+        "workspace_id": WID,
+        "changed": True,
+        "summary": {
+            "total": 2,
+            "added": 1,
+            "modified": 0,
+            "deleted": 0,
+            "type_changed": 0,
+            "text_patched": 1,
+            "non_text": 1,
+        },
+        "entries": [
+            {"path": "a.txt", "status": "added", "artifact_type": "file", "text_patch": "+x\n"},
+            {"path": "b.bin", "status": "added", "artifact_type": "file", "text_patch": None},
+        ],
+        "patch": "--- /dev/null\n+++ b/a.txt\n@@ -0,0 +1 @@\n+x\n",
+        "patch_truncated": False,
+    },
+    "list_workspace_files": {
+        "workspace_id": WID,
+        "path": "/workspace",
+        "recursive": False,
+        "entries": [
+            {
+                "path": "/workspace/a.txt",
+                "artifact_type": "file",
+                "size_bytes": 2,
+                "link_target": None,
+            },
+            {
+                "path": "/workspace/link",
+                "artifact_type": "symlink",
+                "size_bytes": 5,
+                "link_target": "a.txt",
+            },
+        ],
+        "truncated": False,
+        "execution_mode": "guest_vsock",
+    },
+    "read_workspace_file": {
+        "workspace_id": WID,
+        "path": "/workspace/a.txt",
+        "size_bytes": 9,
+        "max_bytes": 65536,
+        "content": "x\r\ny é",
+        "truncated": False,
+        "execution_mode": "guest_vsock",
+    },
+    "write_workspace_file": {
+        "workspace_id": WID,
+        "path": "/workspace/a.txt",
+        "size_bytes": 5,
+        "bytes_written": 5,
+        "execution_mode": "guest_vsock",
+    },
+    "apply_workspace_patch": {
+        "workspace_id": WID,
+        "changed": True,
+        "summary": {"total": 1, "added": 0, "modified": 1, "deleted": 0},
+        "entries": [{"path": "/workspace/a.txt", "status": "modified"}],
+        "patch": "…",
+        "execution_mode": "guest_vsock",
+    },
+    "reset_workspace": {
+        **WORKSPACE,
+        "reset_count": 1,
+        "workspace_reset": {
+            "snapshot_name": "baseline",
+            "kind": "baseline",
+            "destination": "/workspace",
+            "entry_count": 3,
+            "bytes_written": 2048,
+        },
+    },
+}
+
+
+class FakeSdk:
+    """Stands in for `Pyro()`: records each call and answers with the canned result."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.results = copy.deepcopy(RESULTS)
+        self.errors: dict[str, Exception] = {}
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name not in RESULTS:
+            raise AttributeError(name)
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, args, kwargs))
+            if name in self.errors:
+                raise self.errors[name]
+            result = self.results[name]
+            on_output = kwargs.get("on_output")
+            if on_output is not None:
+                on_output("stdout", result["stdout"].encode())
+                on_output("stderr", result["stderr"].encode())
+            return result
+
+        return method
+
+    @property
+    def call(self) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+        assert len(self.calls) == 1, self.calls
+        return self.calls[0]
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeSdk:
+    instance = FakeSdk()
+    monkeypatch.setattr(sdk, "Pyro", lambda **kwargs: instance)
+    return instance
+
+
+Runner = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Runner:
+    def invoke(*argv: str) -> tuple[int, str, str]:
+        code = main(["workspace", *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+# --- parser shape -------------------------------------------------------------------------
+
+SUBCOMMANDS = (
+    "create list update status logs delete stop start reset exec sync export diff patch file"
+)
+
+
+def test_workspace_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["workspace", "--help"]) == 0
+    out, _ = capsys.readouterr()
+    for name in SUBCOMMANDS.split():
+        assert f"    {name} " in out
+    assert main(["--help"]) == 0
+    assert "workspace" in capsys.readouterr().out
+
+
+LEAVES = [
+    ["create", "debian:12"],
+    ["list"],
+    ["update", WID],
+    ["status", WID],
+    ["logs", WID],
+    ["delete", WID],
+    ["stop", WID],
+    ["start", WID],
+    ["reset", WID],
+    ["exec", WID],
+    ["sync", "push", WID, "src"],
+    ["export", WID, "p", "--output", "o"],
+    ["diff", WID],
+    ["file", "list", WID],
+    ["file", "read", WID, "p"],
+    ["file", "write", WID, "p", "--text", "t"],
+    ["patch", "apply", WID, "--patch", "p"],
+]
+
+
+@pytest.mark.parametrize("argv", LEAVES, ids=lambda a: " ".join(a[:2]))
+def test_every_leaf_takes_json(argv: list[str]) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["workspace", *argv, "--json"]).json is True
+    assert parser.parse_args(["workspace", *argv]).json is False
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["workspace"],
+        ["workspace", "shell"],
+        ["workspace", "create"],
+        ["workspace", "create", "debian:12", "--json", "--id-only"],
+        ["workspace", "create", "debian:12", "--network-policy", "wide-open"],
+        ["workspace", "update", WID, "--name", "x", "--clear-name"],
+        ["workspace", "export", WID, "p"],
+        ["workspace", "file", "read", WID, "p", "--json", "--content-only"],
+        ["workspace", "file", "write", WID, "p"],
+        ["workspace", "file", "write", WID, "p", "--text", "a", "--text-file", "f"],
+        ["workspace", "file", "list", WID, "a", "b"],
+        ["workspace", "patch", "apply", WID],
+        ["workspace", "status", WID, "--", "true"],
+    ],
+)
+def test_usage_errors_exit_2(
+    capsys: pytest.CaptureFixture[str], fake: FakeSdk, argv: list[str]
+) -> None:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "usage:" in err
+    assert fake.calls == []
+
+
+def test_a_command_after_dashes_names_workspace_exec(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["workspace", "diff", WID, "--", "ls"]) == 2
+    assert "`pyro workspace exec`" in capsys.readouterr().err
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+
+
+def test_create_defaults(fake: FakeSdk, run: Runner) -> None:
+    code, out, err = run("create", "debian:12")
+    assert code == 0
+    assert err == ""
+    assert fake.call == (
+        "create_workspace",
+        (),
+        {
+            "environment": "debian:12",
+            "vcpu_count": 1,
+            "mem_mib": 1024,
+            "ttl_seconds": 600,
+            "network_policy": "off",
+            "allow_host_compat": False,
+            "seed_path": None,
+            "name": None,
+            "labels": None,
+        },
+    )
+    assert out.splitlines() == [
+        f"Workspace ID: {WID}",
+        "Name: demo",
+        "Labels: env=dev, team=core",
+        "Environment: debian:12 1.0.0",
+        "State: started",
+        "Workspace: /workspace",
+        "Network policy: off",
+        "Workspace seed: directory /src/app -> /workspace (3 entries, 2048 bytes)",
+        "Secrets: -",
+        "Execution mode: guest_vsock",
+        "Resources: 1 vCPU / 1024 MiB",
+        "Expires at: 2026-01-01T00:00:00Z (epoch 1767225600)",
+        "Command count: 2",
+        "Reset count: 0",
+        "Services: 0/0 running",
+        "Last command: #2 exit_code=0 duration_ms=120 cwd=/workspace $ make test",
+    ]
+
+
+OPTIONS = shlex.split(
+    "--vcpu-count 2 --mem-mib 2048 --ttl-seconds 60 --allow-host-compat --seed-path ./seed "
+    "--network-policy egress+published-ports --label a=1 --label b=x=y --label a=2 --name 'my ws'"
+)
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_create_maps_every_option(fake: FakeSdk, run: Runner, before: bool) -> None:
+    argv = [*OPTIONS, "debian:12-build"] if before else ["debian:12-build", *OPTIONS]
+    code, _, _ = run("create", *argv)
+    assert code == 0
+    assert fake.call[2] == {
+        "environment": "debian:12-build",
+        "vcpu_count": 2,
+        "mem_mib": 2048,
+        "ttl_seconds": 60,
+        "network_policy": "egress+published-ports",
+        "allow_host_compat": True,
+        "seed_path": "./seed",
+        "name": "my ws",
+        "labels": {"a": "2", "b": "x=y"},
+    }
+
+
+def test_create_id_only_and_json(fake: FakeSdk, run: Runner) -> None:
+    assert run("create", "debian:12", "--id-only") == (0, f"{WID}\n", "")
+    code, out, err = run("create", "--json", "debian:12")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == WORKSPACE
+
+
+@pytest.mark.parametrize("label", ["novalue", "=v"])
+def test_create_rejects_a_bad_label(fake: FakeSdk, run: Runner, label: str) -> None:
+    code, out, err = run("create", "debian:12", "--label", label)
+    assert (code, out) == (1, "")
+    assert err == f"[error] --label expects KEY=VALUE, got {label!r}\n"
+    code, out, err = run("create", "debian:12", "--label", label, "--json")
+    assert (code, err) == (1, "")
+    assert json.loads(out) == {
+        "ok": False,
+        "error": {
+            "type": "invalid_argument",
+            "message": f"--label expects KEY=VALUE, got {label!r}",
+        },
+    }
+    assert fake.calls == []
+
+
+def test_list_human_and_empty(fake: FakeSdk, run: Runner) -> None:
+    code, out, _ = run("list")
+    assert code == 0
+    assert out == (
+        f"[workspace] workspace_id={WID} name=demo state=started environment=debian:12 "
+        "labels=env=dev,team=core last_activity_at=2025-12-31T23:59:00Z "
+        "expires_at=2026-01-01T00:00:00Z commands=2 services=0/0\n"
+    )
+    fake.results["list_workspaces"] = {"count": 0, "workspaces": []}
+    assert run("list") == (0, "No workspaces.\n", "")
+    code, out, _ = run("list", "--json")
+    assert json.loads(out) == {"count": 0, "workspaces": []}
+
+
+def test_list_quotes_a_name_with_spaces(fake: FakeSdk, run: Runner) -> None:
+    fake.results["list_workspaces"]["workspaces"][0].update(name="my ws", labels={})
+    _, out, _ = run("list")
+    assert " name='my ws' " in out
+    assert " labels=- " in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--name", "new", "--label", "k=v", "--clear-label", "a", "--clear-label", "b", WID],
+        [WID, "--name", "new", "--label", "k=v", "--clear-label", "a", "--clear-label", "b"],
+    ],
+)
+def test_update_maps_options(fake: FakeSdk, run: Runner, argv: list[str]) -> None:
+    code, out, _ = run("update", *argv)
+    assert code == 0
+    assert fake.call == (
+        "update_workspace",
+        (WID,),
+        {"name": "new", "clear_name": False, "labels": {"k": "v"}, "clear_labels": ["a", "b"]},
+    )
+    assert out.startswith(f"Workspace ID: {WID}\n")
+
+
+def test_update_clear_name(fake: FakeSdk, run: Runner) -> None:
+    assert run("update", WID, "--clear-name", "--json")[0] == 0
+    assert fake.call[2] == {"name": None, "clear_name": True, "labels": None, "clear_labels": None}
+
+
+@pytest.mark.parametrize(
+    ("command", "method", "first_line"),
+    [
+        ("status", "status_workspace", f"Workspace ID: {WID}"),
+        ("start", "start_workspace", f"Started workspace ID: {WID}"),
+        ("stop", "stop_workspace", f"Stopped workspace ID: {WID}"),
+        ("delete", "delete_workspace", f"Deleted workspace: {WID}"),
+    ],
+)
+def test_single_id_commands(
+    fake: FakeSdk, run: Runner, command: str, method: str, first_line: str
+) -> None:
+    code, out, err = run(command, WID)
+    assert (code, err) == (0, "")
+    assert fake.call == (method, (WID,), {})
+    assert out.splitlines()[0] == first_line
+    fake.calls.clear()
+    code, out, _ = run(command, "--json", WID)
+    assert json.loads(out) == RESULTS[method]
+
+
+def test_stopped_state_shows_the_reason(fake: FakeSdk, run: Runner) -> None:
+    _, out, _ = run("stop", WID)
+    assert "State: stopped (user_request)\n" in out
+
+
+def test_reset(fake: FakeSdk, run: Runner) -> None:
+    code, out, _ = run("reset", WID, "--snapshot", "before-upgrade")
+    assert code == 0
+    assert fake.call == ("reset_workspace", (WID,), {"snapshot": "before-upgrade"})
+    assert "Reset count: 1\n" in out
+    assert out.endswith(
+        "Reset source: baseline (baseline)\nReset restore: 3 entries, 2048 bytes -> /workspace\n"
+    )
+    fake.calls.clear()
+    run("reset", WID)
+    assert fake.call[2] == {"snapshot": "baseline"}
+
+
+def test_logs_splits_streams(fake: FakeSdk, run: Runner) -> None:
+    code, out, err = run("logs", WID)
+    assert code == 0
+    assert fake.call == ("logs_workspace", (WID,), {})
+    assert out.splitlines() == [
+        "#1 exit_code=0 duration_ms=9 cwd=/workspace recorded_at=2025-12-31T23:58:20Z",
+        "$ echo out; echo err >&2",
+        "out",
+        "#2 exit_code=unknown duration_ms=9 cwd=/workspace recorded_at=2025-12-31T23:59:10Z",
+        "$ sleep 100",
+    ]
+    assert err == "err\n"
+
+
+# --- exec ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--timeout-seconds", "5", WID, "--", "echo", "hi"],
+        [WID, "--timeout-seconds", "5", "--", "echo", "hi"],
+    ],
+)
+def test_exec_streams_output_then_the_trailer(fake: FakeSdk, run: Runner, argv: list[str]) -> None:
+    code, out, err = run("exec", *argv)
+    assert code == 0
+    name, args, kwargs = fake.call
+    assert (name, args) == ("exec_workspace", (WID,))
+    assert kwargs["command"] == ["echo", "hi"]
+    assert kwargs["timeout_seconds"] == 5
+    assert callable(kwargs["on_output"])
+    assert out == "hi\n"
+    assert err == (
+        "warn\n"
+        f"[workspace-exec] workspace_id={WID} sequence=3 cwd=/workspace "
+        "execution_mode=guest_vsock exit_code=0 duration_ms=15\n"
+    )
+
+
+def test_exec_one_spaced_word_is_a_shell_line(fake: FakeSdk, run: Runner) -> None:
+    run("exec", WID, "--", "echo a && echo b")
+    assert fake.call[2]["command"] == "echo a && echo b"
+    assert fake.call[2]["timeout_seconds"] == 30
+
+
+@pytest.mark.parametrize(("guest", "host"), [(3, 3), (256 + 7, 7), (-1, 255)])
+def test_exec_exit_status_is_the_guest_one(
+    fake: FakeSdk, run: Runner, guest: int, host: int
+) -> None:
+    fake.results["exec_workspace"].update(exit_code=guest, timed_out=True, stdout_truncated=True)
+    code, _, err = run("exec", WID, "--", "false")
+    assert code == host
+    assert err.endswith(f"exit_code={guest} duration_ms=15 timed_out=true output_truncated=true\n")
+    code, out, err = run("exec", WID, "--json", "--", "false")
+    assert (code, err) == (host, "")
+    assert json.loads(out)["exit_code"] == guest
+    assert fake.calls[-1][2]["on_output"] is None
+
+
+@pytest.mark.parametrize("argv", [[WID], [WID, "--"]])
+def test_exec_without_a_command(fake: FakeSdk, run: Runner, argv: list[str]) -> None:
+    code, out, err = run("exec", *argv)
+    assert (code, out) == (1, "")
+    assert err.startswith("[error] no command given; put the command after `--`")
+    code, out, _ = run("exec", "--json", *argv)
+    assert code == 1
+    assert json.loads(out)["error"]["type"] == "invalid_argument"
+    assert fake.calls == []
+
+
+# --- transfer, diff, patch ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--dest", "/workspace/app", WID, "/src/app"], [WID, "/src/app", "--dest", "/workspace/app"]],
+)
+def test_sync_push(fake: FakeSdk, run: Runner, argv: list[str]) -> None:
+    code, out, err = run("sync", "push", *argv)
+    assert (code, err) == (0, "")
+    assert fake.call == ("push_workspace_sync", (WID, "/src/app"), {"dest": "/workspace/app"})
+    assert out == (
+        f"[workspace-sync] workspace_id={WID} mode=directory source=/src/app "
+        "destination=/workspace/app entry_count=4 bytes_written=4096 execution_mode=guest_vsock\n"
+    )
+    fake.calls.clear()
+    run("sync", "push", WID, "src")
+    assert fake.call[2] == {"dest": "/workspace"}
+
+
+def test_export(fake: FakeSdk, run: Runner) -> None:
+    code, out, _ = run("export", "--output", "/tmp/out", WID, "out")
+    assert code == 0
+    assert fake.call == ("export_workspace", (WID, "out"), {"output_path": "/tmp/out"})
+    assert out == (
+        f"[workspace-export] workspace_id={WID} workspace_path=/workspace/out "
+        "output_path=/tmp/out artifact_type=directory entry_count=2 bytes_written=10 "
+        "execution_mode=guest_vsock\n"
+    )
+
+
+def test_diff(fake: FakeSdk, run: Runner) -> None:
+    code, out, _ = run("diff", WID)
+    assert code == 0
+    assert fake.call == ("diff_workspace", (WID,), {})
+    assert out.splitlines() == [
+        f"[workspace-diff] workspace_id={WID} total=2 added=1 modified=0 deleted=0 "
+        "type_changed=0 text_patched=1 non_text=1",
+        "--- /dev/null",
+        "+++ b/a.txt",
+        "@@ -0,0 +1 @@",
+        "+x",
+        "added: b.bin (file, no text patch)",
+    ]
+    fake.results["diff_workspace"].update(changed=False, entries=[], patch="")
+    assert run("diff", WID) == (0, "No workspace changes.\n", "")
+
+
+def test_patch_apply_text_and_file(fake: FakeSdk, run: Runner, tmp_path: Path) -> None:
+    code, out, _ = run("patch", "apply", "--patch", "P", WID)
+    assert code == 0
+    assert fake.call == ("apply_workspace_patch", (WID,), {"patch": "P"})
+    assert out == (
+        f"[workspace-patch] workspace_id={WID} changed=true total=1 added=0 modified=1 "
+        "deleted=0 execution_mode=guest_vsock\nmodified: /workspace/a.txt\n"
+    )
+    patch_file = tmp_path / "change.diff"
+    patch_file.write_bytes(b"--- a/x\r\n+++ b/x\r\n")
+    fake.calls.clear()
+    run("patch", "apply", WID, "--patch-file", str(patch_file))
+    assert fake.call[2] == {"patch": "--- a/x\r\n+++ b/x\r\n"}
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "path", "recursive"),
+    [
+        ([WID], "/workspace", False),
+        ([WID, "--recursive", "/workspace/src"], "/workspace/src", True),
+        (["--recursive", WID, "src"], "src", True),
+        ([WID, "src", "--recursive"], "src", True),
+    ],
+)
+def test_file_list_arguments(
+    fake: FakeSdk, run: Runner, argv: list[str], path: str, recursive: bool
+) -> None:
+    assert run("file", "list", *argv)[0] == 0
+    assert fake.call == ("list_workspace_files", (WID,), {"path": path, "recursive": recursive})
+
+
+def test_file_list_human(fake: FakeSdk, run: Runner) -> None:
+    _, out, _ = run("file", "list", WID)
+    assert out.splitlines() == [
+        f"[workspace-file-list] workspace_id={WID} path=/workspace recursive=false entries=2 "
+        "truncated=false",
+        "/workspace/a.txt [file] size=2",
+        "/workspace/link [symlink] size=5 -> a.txt",
+    ]
+
+
+def test_file_read(fake: FakeSdk, run: Runner) -> None:
+    code, out, err = run("file", "read", WID, "a.txt", "--max-bytes", "9")
+    assert code == 0
+    assert fake.call == ("read_workspace_file", (WID, "a.txt"), {"max_bytes": 9})
+    assert out == "x\r\ny é"
+    assert err == (
+        f"[workspace-file-read] workspace_id={WID} path=/workspace/a.txt size_bytes=9 "
+        "truncated=false\n"
+    )
+
+
+def test_file_read_content_only_and_json(fake: FakeSdk, run: Runner) -> None:
+    assert run("file", "read", "--content-only", WID, "a.txt") == (0, "x\r\ny é", "")
+    code, out, err = run("file", "read", WID, "a.txt", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out) == RESULTS["read_workspace_file"]
+    assert fake.calls[-1][2] == {"max_bytes": 65536}
+
+
+def test_file_write_text(fake: FakeSdk, run: Runner) -> None:
+    code, out, _ = run("file", "write", "--text", "hello", WID, "a.txt")
+    assert code == 0
+    assert fake.call == ("write_workspace_file", (WID, "a.txt"), {"text": "hello"})
+    assert out == (
+        f"[workspace-file-write] workspace_id={WID} path=/workspace/a.txt size_bytes=5 "
+        "bytes_written=5 execution_mode=guest_vsock\n"
+    )
+
+
+def test_file_write_text_file_is_read_exactly(fake: FakeSdk, run: Runner, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_bytes("é\r\nend".encode())
+    assert run("file", "write", WID, "a.txt", "--text-file", str(source), "--json")[0] == 0
+    assert fake.call[2] == {"text": "é\r\nend"}
+
+
+def test_file_write_unreadable_text_file(fake: FakeSdk, run: Runner, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.txt"
+    code, out, err = run("file", "write", WID, "a.txt", "--text-file", str(missing))
+    assert (code, out) == (1, "")
+    assert err == f"[error] cannot read --text-file {missing}: No such file or directory\n"
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(b"\xff\xfe\x00")
+    code, out, _ = run("file", "write", WID, "a.txt", "--text-file", str(binary), "--json")
+    assert code == 1
+    assert "is not UTF-8 text" in json.loads(out)["error"]["message"]
+    assert fake.calls == []
+
+
+# --- SDK errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "json_argv", "method"),
+    [
+        (["status", WID], ["status", WID, "--json"], "status_workspace"),
+        (["exec", WID, "--", "true"], ["exec", WID, "--json", "--", "true"], "exec_workspace"),
+        (
+            ["file", "read", WID, "a", "--content-only"],
+            ["file", "read", WID, "a", "--json"],
+            "read_workspace_file",
+        ),
+    ],
+)
+def test_sdk_not_found_error(
+    fake: FakeSdk, run: Runner, argv: list[str], json_argv: list[str], method: str
+) -> None:
+    message = f"workspace {WID!r} does not exist"
+    fake.errors[method] = NotFoundError(message)
+    code, out, err = run(*argv)
+    assert (code, out, err) == (1, "", f"[error] {message}\n")
+    code, out, err = run(*json_argv)
+    assert (code, err) == (1, "")
+    assert json.loads(out) == {"ok": False, "error": {"type": "not_found", "message": message}}
