@@ -1,8 +1,10 @@
-"""Where pyro-mcp keeps its state and its cache, and the environment knobs that move them."""
+"""Where pyro-mcp keeps its state and its cache, the knobs that move them, and how a file
+there is replaced safely."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 APP = "pyro-mcp"
@@ -38,3 +40,17 @@ def ensure_private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
     return path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: a crash leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

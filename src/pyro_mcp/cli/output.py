@@ -22,6 +22,14 @@ def emit_json(payload: Any, stream: TextIO | None = None) -> None:
     out.flush()
 
 
+def stream_chunk(stream_name: str, chunk: bytes) -> None:
+    """Guest output as it arrives, raw, on the matching host stream."""
+    out = sys.stdout if stream_name == "stdout" else sys.stderr
+    out.flush()
+    out.buffer.write(chunk)
+    out.buffer.flush()
+
+
 def report_error(error: PyroError, as_json: bool) -> int:
     """Print `error` the way the command was asked to speak; returns the exit status."""
     if as_json:

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from pyro_mcp.cli.output import emit_json
+from pyro_mcp.cli.output import emit_json, stream_chunk
 from pyro_mcp.environments import catalog
 from pyro_mcp.errors import InvalidArgumentError
 
@@ -66,12 +66,6 @@ def _phase(message: str) -> None:
     sys.stderr.flush()
 
 
-def _stream(name: str, data: bytes) -> None:
-    out = sys.stdout if name == "stdout" else sys.stderr
-    out.buffer.write(data)
-    out.flush()
-
-
 def _run(args: argparse.Namespace) -> int:
     if not args.command:
         raise InvalidArgumentError(
@@ -89,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
         ttl_seconds=args.ttl_seconds,
         network=args.network,
         allow_host_compat=args.allow_host_compat,
-        on_output=None if quiet else _stream,
+        on_output=None if quiet else stream_chunk,
         on_phase=None if quiet else _phase,
     )
     if quiet:

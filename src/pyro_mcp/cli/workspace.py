@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pyro_mcp.cli import workspace_render as render
-from pyro_mcp.cli.output import emit_json, show
+from pyro_mcp.cli.output import emit_json, show, stream_chunk
 from pyro_mcp.cli.run import as_command
 from pyro_mcp.errors import InvalidArgumentError
 
@@ -282,7 +282,7 @@ def _exec(args: argparse.Namespace) -> int:
         args.workspace_id,
         command=as_command(args.command),
         timeout_seconds=args.timeout_seconds,
-        on_output=None if args.json else render.stream_chunk,
+        on_output=None if args.json else stream_chunk,
     )
     if args.json:
         emit_json(result)

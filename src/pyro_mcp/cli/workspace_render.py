@@ -259,11 +259,3 @@ def patch_summary(payload: dict[str, Any]) -> None:
     )
     for entry in payload["entries"]:
         print(f"{entry['status']}: {entry['path']}")
-
-
-def stream_chunk(stream_name: str, chunk: bytes) -> None:
-    """Guest output as it arrives, raw, on the matching host stream."""
-    out = sys.stdout if stream_name == "stdout" else sys.stderr
-    out.flush()
-    out.buffer.write(chunk)
-    out.buffer.flush()

@@ -42,16 +42,7 @@ def is_digest(value: object) -> bool:
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    paths.write_atomic(path, json.dumps(payload, indent=2, sort_keys=True).encode())
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -358,12 +358,16 @@ class FileOps:
         reader thread (keep it quick); more than max_bytes fails the request."""
         params = {"path": path}
         _validate("tar.create", params)
+
+        def forward(stream: str, data: bytes) -> None:
+            sink(data)
+
         done: ArchiveResult = self._call(
             "tar.create",
             params,
             timeout,
             _parse_created,
-            lambda stream, data: None if sink(data) else None,
+            forward,
             max_bytes,
             keep=False,
             streams=_DATA,

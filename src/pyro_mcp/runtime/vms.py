@@ -543,14 +543,9 @@ def disk_file(row: dict[str, Any]) -> Path:
     return Path(row["disk_path"]) if row.get("disk_path") else Path(row["vm_dir"]) / DISK_FILE
 
 
-def exec_view(
-    row: dict[str, Any], command: Command, result: ExecResult, wall_ms: int, cleanup: dict[str, Any]
-) -> dict[str, Any]:
+def exec_fields(result: ExecResult, wall_ms: int) -> dict[str, Any]:
+    """What every exec result says about the command's run, one-shot VM or workspace."""
     return {
-        "vm_id": row["vm_id"],
-        "environment": row["environment"],
-        "environment_version": row["environment_version"],
-        "command": command_parts(command)[2],
         "stdout": result.stdout,
         "stderr": result.stderr,
         "stdout_truncated": result.stdout_truncated,
@@ -559,6 +554,18 @@ def exec_view(
         "timed_out": result.timed_out,
         "duration_ms": wall_ms,
         "guest_duration_ms": result.duration_ms,
+    }
+
+
+def exec_view(
+    row: dict[str, Any], command: Command, result: ExecResult, wall_ms: int, cleanup: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "vm_id": row["vm_id"],
+        "environment": row["environment"],
+        "environment_version": row["environment_version"],
+        "command": command_parts(command)[2],
+        **exec_fields(result, wall_ms),
         "execution_mode": row["execution_mode"],
         "cleanup": cleanup,
     }

@@ -101,7 +101,11 @@ COMMAND_COLUMNS = (
     "workspace_id", "sequence", "command", "cwd", "started_at", "recorded_at", "exit_code",
     "duration_ms", "timed_out", "stdout_truncated", "stderr_truncated", "execution_mode", "error",
 )  # fmt: skip
-_TABLES = {"vms": ("vm_id", VM_COLUMNS), "workspaces": ("workspace_id", WORKSPACE_COLUMNS)}
+_TABLES = {
+    "vms": ("vm_id", VM_COLUMNS),
+    "workspaces": ("workspace_id", WORKSPACE_COLUMNS),
+    "workspace_commands": ("workspace_id", COMMAND_COLUMNS),
+}
 # Columns added after a table first shipped: an older state file gains them on open.
 _ADDED_COLUMNS = {"vms": {"disk_path": "TEXT", "workspace_id": "TEXT"}}
 
@@ -186,14 +190,20 @@ class StateStore:
         return dict(row) if row is not None else None
 
     def update(self, table: str, key: str, **fields: Any) -> None:
-        key_column, columns = _TABLES[table]
-        unknown = set(fields) - set(columns)
+        self.update_where(table, {_TABLES[table][0]: key}, **fields)
+
+    def update_where(self, table: str, where: dict[str, Any], **fields: Any) -> None:
+        """Set `fields` on the rows whose columns equal `where`."""
+        columns = _TABLES[table][1]
+        unknown = (set(fields) | set(where)) - set(columns)
         if unknown:
             raise KeyError(f"unknown {table} fields: {sorted(unknown)}")
         assignments = ", ".join(f"{k} = ?" for k in fields)
+        condition = " AND ".join(f"{k} = ?" for k in where)
         with self.transaction() as conn:
             conn.execute(
-                f"UPDATE {table} SET {assignments} WHERE {key_column} = ?", [*fields.values(), key]
+                f"UPDATE {table} SET {assignments} WHERE {condition}",
+                [*fields.values(), *where.values()],
             )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyro_mcp.state.store import COMMAND_COLUMNS, StateStore
+from pyro_mcp.state.store import StateStore
 
 
 def list_workspaces(store: StateStore) -> list[dict[str, Any]]:
@@ -47,15 +47,8 @@ def begin_command(
 
 
 def finish_command(store: StateStore, workspace_id: str, sequence: int, **fields: Any) -> None:
-    unknown = set(fields) - set(COMMAND_COLUMNS)
-    if unknown:
-        raise KeyError(f"unknown command fields: {sorted(unknown)}")
-    assignments = ", ".join(f"{k} = ?" for k in fields)
-    with store.transaction() as conn:
-        conn.execute(
-            f"UPDATE workspace_commands SET {assignments} WHERE workspace_id = ? AND sequence = ?",
-            [*fields.values(), workspace_id, sequence],
-        )
+    where = {"workspace_id": workspace_id, "sequence": sequence}
+    store.update_where("workspace_commands", where, **fields)
 
 
 def list_commands(store: StateStore, workspace_id: str) -> list[dict[str, Any]]:

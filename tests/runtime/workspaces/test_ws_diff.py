@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from pyro_mcp import paths
 from pyro_mcp.errors import GuestError, IntegrityError
 from pyro_mcp.guest import protocol_files as pf
 from pyro_mcp.guest.client_files import Manifest, ManifestEntry
@@ -184,7 +185,7 @@ def test_save_baseline_cleans_up_after_a_failed_write(
     def broken_replace(source: object, target: object) -> None:
         raise OSError("disk gone")
 
-    monkeypatch.setattr(diff.os, "replace", broken_replace)
+    monkeypatch.setattr(paths.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk gone"):
         diff.save_baseline(path, manifest(entry("lost")))
     assert list(tmp_path.iterdir()) == [path]

@@ -14,7 +14,13 @@ from typing import Any
 
 from pyro_mcp.errors import InvalidArgumentError
 from pyro_mcp.runtime import launch
-from pyro_mcp.runtime.vms import Command, OutputCallback, check_range, command_parts
+from pyro_mcp.runtime.vms import (
+    Command,
+    OutputCallback,
+    check_range,
+    command_parts,
+    exec_fields,
+)
 from pyro_mcp.runtime.workspaces import records
 from pyro_mcp.runtime.workspaces.service import WorkspaceService
 from pyro_mcp.state import workspaces as rows
@@ -80,14 +86,7 @@ class WorkspaceCommands:
             "environment": row["environment"],
             "environment_version": row["environment_version"],
             "command": text,
-            "stdout": result.stdout,
-            "stderr": result.stderr,
-            "stdout_truncated": result.stdout_truncated,
-            "stderr_truncated": result.stderr_truncated,
-            "exit_code": result.exit_code,
-            "timed_out": result.timed_out,
-            "duration_ms": wall_ms,
-            "guest_duration_ms": result.duration_ms,
+            **exec_fields(result, wall_ms),
             "execution_mode": row["execution_mode"],
             "sequence": sequence,
             "cwd": records.WORKSPACE_PATH,

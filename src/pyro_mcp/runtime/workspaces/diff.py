@@ -10,13 +10,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyro_mcp import paths
 from pyro_mcp.errors import GuestError, IntegrityError
 from pyro_mcp.guest.client_files import Manifest, ManifestEntry
 
@@ -76,7 +75,7 @@ def save_baseline(path: Path, manifest: Manifest) -> Baseline:
         raise GuestError("the baseline manifest lacks the sha256 of a file")
     rows = [[e.path, e.type, e.size, e.mtime_ns, e.sha256, e.link_target] for e in manifest.entries]
     doc = {"schema": _SCHEMA, "started_ns": manifest.started_ns, "entries": rows}
-    _write_atomic(path, json.dumps(doc, separators=(",", ":")).encode())
+    paths.write_atomic(path, json.dumps(doc, separators=(",", ":")).encode())
     return Baseline({entry.path: entry for entry in manifest.entries}, manifest.started_ns)
 
 
@@ -106,20 +105,6 @@ def _entry(row: Any) -> ManifestEntry:
     if kind == "file" and sha256 is None:
         raise ValueError("a file without its sha256")
     return ManifestEntry(path, kind, size, mtime_ns, sha256, link_target)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    # A crash leaves either the old baseline or the new one, never half of one.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --- comparing manifests ------------------------------------------------------------------
