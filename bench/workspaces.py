@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -109,6 +110,11 @@ def reset_times(pyro: Pyro, wid: str, runs: int) -> dict[str, Any]:
     return summary(samples)
 
 
+def progress(report: dict[str, Any]) -> None:
+    """What is measured so far, on stderr: a long run that fails still leaves its numbers."""
+    print(json.dumps(report), file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
@@ -134,11 +140,16 @@ def main() -> None:
             "create_empty": create_times(pyro, env, None, runs),
             "create_seed_10mb_1000_files": create_times(pyro, env, seed_1k, runs),
         }
-        wid = pyro.create_workspace(environment=env, seed_path=seed_10k)["workspace_id"]
+        # The longest TTL a workspace may have: the 10,000-file phases outlast the default.
+        made = pyro.create_workspace(environment=env, seed_path=seed_10k, ttl_seconds=3600)
+        wid = made["workspace_id"]
         try:
             report["exec_true_round_trip"] = exec_times(pyro, wid, runs * 4)
+            progress(report)
             report["diff_10000_files_one_changed"] = diff_times(pyro, wid, runs)
+            progress(report)
             report["reset_10000_files"] = reset_times(pyro, wid, runs)
+            progress(report)
             report["sync_push_100_mib"] = sync_times(pyro, wid, push, runs)
         finally:
             pyro.delete_workspace(wid)

@@ -127,6 +127,7 @@ class Pyro:
         secrets: list[dict[str, str]] | None = None,
         name: str | None = None,
         labels: dict[str, str] | None = None,
+        on_phase: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Boot a persistent workspace; `seed_path` (a directory or .tar/.tar.gz/.tgz) fills
         /workspace and becomes the baseline that diff and reset compare against."""
@@ -141,6 +142,7 @@ class Pyro:
             secrets=secrets,
             name=name,
             labels=labels,
+            on_phase=on_phase,
         )
 
     def list_workspaces(self) -> dict[str, Any]:
@@ -169,17 +171,25 @@ class Pyro:
         """Stop the workspace's VM; its disk stays for start_workspace."""
         return self.workspaces.stop(workspace_id)
 
-    def start_workspace(self, workspace_id: str) -> dict[str, Any]:
+    def start_workspace(
+        self, workspace_id: str, *, on_phase: Callable[[str], None] | None = None
+    ) -> dict[str, Any]:
         """Boot a stopped workspace on its own disk."""
-        return self.workspaces.start(workspace_id)
+        return self.workspaces.start(workspace_id, on_phase=on_phase)
 
     def delete_workspace(self, workspace_id: str) -> dict[str, Any]:
         """Stop the workspace and remove its disk, baseline and command logs."""
         return self.workspaces.delete(workspace_id)
 
-    def reset_workspace(self, workspace_id: str, *, snapshot: str = "baseline") -> dict[str, Any]:
+    def reset_workspace(
+        self,
+        workspace_id: str,
+        *,
+        snapshot: str = "baseline",
+        on_phase: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
         """A fresh VM with /workspace back at the baseline; the command history stays."""
-        return self.workspaces.reset(workspace_id, snapshot=snapshot)
+        return self.workspaces.reset(workspace_id, snapshot=snapshot, on_phase=on_phase)
 
     def exec_workspace(
         self,

@@ -226,12 +226,15 @@ class FakeSdk:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self.results = copy.deepcopy(RESULTS)
         self.errors: dict[str, Exception] = {}
+        self.phase_callbacks: list[Callable[[str], None] | None] = []
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name not in RESULTS:
             raise AttributeError(name)
 
         def method(*args: Any, **kwargs: Any) -> Any:
+            if "on_phase" in kwargs:  # boots report progress; checked on its own below
+                self.phase_callbacks.append(kwargs.pop("on_phase"))
             self.calls.append((name, args, kwargs))
             if name in self.errors:
                 raise self.errors[name]
@@ -757,3 +760,15 @@ def test_sdk_not_found_error(
     code, out, err = run(*json_argv)
     assert (code, err) == (1, "")
     assert json.loads(out) == {"ok": False, "error": {"type": "not_found", "message": message}}
+
+
+@pytest.mark.parametrize("argv", [["create", "debian:12"], ["start", WID], ["reset", WID]])
+def test_boots_report_progress_on_stderr_for_people_only(
+    fake: FakeSdk, run: Runner, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(*argv)
+    run(*argv, "--json")
+    human, machine = fake.phase_callbacks
+    assert machine is None and human is not None
+    human("start execution_mode=qemu-tcg")
+    assert capsys.readouterr().err == "[workspace] phase=start execution_mode=qemu-tcg\n"

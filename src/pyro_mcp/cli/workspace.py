@@ -6,6 +6,7 @@ Each handler calls exactly one SDK method; `workspace_render` holds the human ou
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -200,6 +201,18 @@ def _read_text(flag: str, path: str) -> str:
 # --- handlers -----------------------------------------------------------------------------
 
 
+def _phases(args: argparse.Namespace) -> Callable[[str], None] | None:
+    """Progress of a boot on stderr, for people: none with --json or --id-only."""
+    if args.json or getattr(args, "id_only", False):
+        return None
+
+    def phase(message: str) -> None:
+        sys.stderr.write(f"[workspace] phase={message}\n")
+        sys.stderr.flush()
+
+    return phase
+
+
 def _create(args: argparse.Namespace) -> int:
     labels = _labels(args.label)
     workspace = _sdk().create_workspace(
@@ -212,6 +225,7 @@ def _create(args: argparse.Namespace) -> int:
         seed_path=args.seed_path,
         name=args.name,
         labels=labels,
+        on_phase=_phases(args),
     )
     if args.id_only:
         print(workspace["workspace_id"])
@@ -261,13 +275,15 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    workspace = _sdk().start_workspace(args.workspace_id)
+    workspace = _sdk().start_workspace(args.workspace_id, on_phase=_phases(args))
     show(workspace, args.json, lambda ws: render.summary(ws, "Started workspace ID"))
     return 0
 
 
 def _reset(args: argparse.Namespace) -> int:
-    workspace = _sdk().reset_workspace(args.workspace_id, snapshot=args.snapshot)
+    workspace = _sdk().reset_workspace(
+        args.workspace_id, snapshot=args.snapshot, on_phase=_phases(args)
+    )
     show(workspace, args.json, render.reset_summary)
     return 0
 

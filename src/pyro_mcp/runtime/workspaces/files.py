@@ -183,8 +183,8 @@ class WorkspaceFiles:
         Only files whose size or mtime moved are hashed in the guest; only changed text files
         cross to the host."""
         directory = self.service.directory(self.service.row(workspace_id)["workspace_id"])
-        baseline = diff.load_baseline(directory / BASELINE_MANIFEST)
         with self._client(workspace_id, "diff") as (_, client):
+            baseline = diff.load_baseline(directory / BASELINE_MANIFEST)
             current = client.manifest(since=baseline.since())
             changes = diff.changes(baseline, current)
             old_paths, new_paths = diff.wanted_bytes(changes, baseline, current)
