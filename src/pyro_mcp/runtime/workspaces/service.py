@@ -18,6 +18,7 @@ from typing import Any
 
 from pyro_mcp import paths
 from pyro_mcp.errors import (
+    GuestError,
     InvalidArgumentError,
     NotFoundError,
     PyroError,
@@ -134,12 +135,33 @@ class WorkspaceService:
                 row = self.row(workspace_id)
                 if row["state"] not in records.TRANSITIONAL:
                     vm_dir = self._started_vm_dir(row, op)
-                    yield row, vm_dir
+                    try:
+                        yield row, vm_dir
+                    except GuestError as exc:
+                        raise self._explain(row, op, exc) from exc
                     self.touch(workspace_id)
                     return
             if time.monotonic() >= deadline:
                 raise WrongStateError(f"workspace {workspace_id} is still {row['state']}")
             time.sleep(0.1)
+
+    def _explain(self, row: Mapping[str, Any], op: str, error: GuestError) -> PyroError:
+        """Say why the guest went away mid-call when the workspace knows: TTL, a dead VM."""
+        workspace_id = row["workspace_id"]
+        fresh = self.store.get("workspaces", workspace_id)
+        if fresh is None:
+            return NotFoundError(
+                f"workspace {workspace_id} was deleted while {op} ran (it reached its TTL "
+                "or another call deleted it)",
+                hint="create a new workspace, with a longer ttl_seconds if it needs one",
+            )
+        fresh = self._reconcile(fresh)
+        if fresh["state"] == "stopped":
+            return WrongStateError(
+                f"workspace {workspace_id} stopped while {op} ran ({fresh['stop_reason']})",
+                hint=f"start it with `pyro workspace start {workspace_id}`",
+            )
+        return error
 
     def _started_vm_dir(self, row: Mapping[str, Any], op: str) -> Path:
         if row["state"] != "started":
@@ -417,18 +439,26 @@ class WorkspaceService:
             raise InvalidArgumentError("pass either name or clear_name, not both")
         new_name, new_labels = records.check_name(name), records.check_labels(labels)
         drop = [records.check_label_key(key) for key in (clear_labels or [])]
-        row = self.row(workspace_id)
-        current = json.loads(row["labels"])
-        merged = {k: v for k, v in {**current, **new_labels}.items() if k not in drop}
-        final_name = None if clear_name else (new_name if name is not None else row["name"])
-        if merged == current and final_name == row["name"]:
-            raise InvalidArgumentError(
-                "the update changes nothing",
-                hint="pass a new name, clear_name, labels or clear_labels",
+        self.row(workspace_id)  # exists, not expired
+        # Read and write in one transaction: two updates of different labels both land.
+        with self.store.transaction() as conn:
+            row = conn.execute(
+                "SELECT name, labels FROM workspaces WHERE workspace_id = ?", (workspace_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"workspace {workspace_id!r} does not exist")
+            current = json.loads(row["labels"])
+            merged = {k: v for k, v in {**current, **new_labels}.items() if k not in drop}
+            final_name = None if clear_name else (new_name if name is not None else row["name"])
+            if merged == current and final_name == row["name"]:
+                raise InvalidArgumentError(
+                    "the update changes nothing",
+                    hint="pass a new name, clear_name, labels or clear_labels",
+                )
+            conn.execute(
+                "UPDATE workspaces SET name = ?, labels = ? WHERE workspace_id = ?",
+                (final_name, json.dumps(merged, sort_keys=True), workspace_id),
             )
-        self.store.update(
-            "workspaces", workspace_id, name=final_name, labels=json.dumps(merged, sort_keys=True)
-        )
         return self.view(workspace_id)
 
 
