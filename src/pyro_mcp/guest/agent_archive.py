@@ -16,7 +16,9 @@ import os
 import secrets
 import shutil
 import stat
+import subprocess
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -95,6 +97,69 @@ def _add(tar: tarfile.TarFile, dir_fd: int, name: str, arcname: str, st: os.stat
     return True
 
 
+def _tar_writer(sink: af.DataSink) -> tarfile.TarFile:
+    return tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload, no-any-return]
+
+
+def _archive_directory(dir_fd: int, sink: af.DataSink, call: Call) -> tuple[int, int]:
+    """A tar of everything below dir_fd as (entries, skipped): GNU tar where the system has
+    it (under a software CPU it is ~15 times faster than tarfile), tarfile otherwise."""
+    if _GNU_TAR and shutil.which("tar") and shutil.which("find"):
+        return _gnu_tar(dir_fd, sink, call)
+    entries = skipped = 0
+    with _tar_writer(sink) as tar:
+        for rel, child, holder in af.walk(dir_fd):
+            added = _add(tar, holder, rel[-1], "/".join(rel), child)
+            entries, skipped = entries + added, skipped + (not added)
+    return entries, skipped
+
+
+def _gnu_tar(dir_fd: int, sink: af.DataSink, call: Call) -> tuple[int, int]:
+    # The directory is named through the agent's own descriptor, so nothing renamed or
+    # swapped for a link since it was resolved can redirect the archive.
+    top = f"/proc/{os.getpid()}/fd/{dir_fd}"
+    listed = subprocess.run(
+        ["find", ".", "-mindepth", "1", "-printf", "%y%P\\0"],
+        cwd=top, capture_output=True, check=False,
+    )  # fmt: skip
+    if listed.returncode != 0:
+        raise invalid(f"cannot list the directory: {listed.stderr.decode(errors='replace')[-300:]}")
+    names = [item[1:] for item in listed.stdout.split(b"\0") if item]
+    kinds = [item[:1] for item in listed.stdout.split(b"\0") if item]
+    # Files, directories and links only: sockets, devices and FIFOs are left out and counted.
+    wanted = [name for name, k in zip(names, kinds, strict=True) if k in (b"f", b"d", b"l")]
+    proc = subprocess.Popen(
+        ["tar", "--create", "--format=pax", "--numeric-owner", "--no-recursion",
+         "--ignore-failed-read", "--null", "--files-from=-", "--file=-"],
+        cwd=top, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    feeder = threading.Thread(target=_feed, args=(proc.stdin, wanted), daemon=True)
+    feeder.start()
+    try:
+        while chunk := proc.stdout.read(af.CHUNK):
+            sink.write(chunk)
+    finally:
+        if proc.poll() is None and call.cancelled.is_set():
+            proc.kill()
+        errors = proc.stderr.read()[-300:]
+        code = proc.wait()
+        feeder.join()
+    if code not in (0, 1):  # 1: a file changed while it was read, which a live tree may do
+        raise invalid(f"tar failed ({code}): {errors.decode(errors='replace')}")
+    return len(wanted), len(names) - len(wanted)
+
+
+def _feed(pipe: IO[bytes], names: list[bytes]) -> None:
+    with contextlib.suppress(BrokenPipeError), pipe:
+        for name in names:
+            pipe.write(name + b"\0")
+
+
+# Tests set this to False to run the tarfile path on hosts that have GNU tar.
+_GNU_TAR = True
+
+
 def create(tree: af.Tree, call: Call, params: Params) -> Params:
     """A tar of a file, symbolic link or directory as data output. A directory's members are
     named relative to it; a single entry is named by its own name."""
@@ -109,14 +174,12 @@ def create(tree: af.Tree, call: Call, params: Params) -> Params:
         kind = af.artifact_type(st.st_mode)
         if kind == "other":
             raise invalid(f"{pf.logical(p.parts)} is neither a file, a directory nor a symlink")
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            if kind != "directory":
+        if kind != "directory":
+            with _tar_writer(sink) as tar:
                 entries += _add(tar, parent_fd, real[-1], real[-1], st)
-            else:
-                with tree.open_dir(real) as dir_fd:
-                    for rel, child, holder in af.walk(dir_fd):
-                        added = _add(tar, holder, rel[-1], "/".join(rel), child)
-                        entries, skipped = entries + added, skipped + (not added)
+    if kind == "directory":
+        with tree.open_dir(real) as dir_fd:
+            entries, skipped = _archive_directory(dir_fd, sink, call)
     sink.flush()
     return {
         "artifact_type": kind,
@@ -339,13 +402,17 @@ def _spool(call: Call, stage_fd: int) -> int:
     return size
 
 
-def _unpack(tar: tarfile.TarFile, out_fd: int, call: Call) -> int:
-    """Unpack the (checked) archive below `out_fd`; returns the file bytes written."""
+def _unpack(
+    tar: tarfile.TarFile, out_fd: int, call: Call, check: Callable[[tarfile.TarInfo], None]
+) -> int:
+    """Unpack the archive below `out_fd`, each member passing `check` first; returns the file
+    bytes written. One pass: under a software CPU, parsing the headers twice cost a third."""
     written, modes = 0, []
     cached: tuple[Parts, int] | None = None  # members come grouped by directory
     try:
         for info in tar:
             call.check_cancelled()
+            check(info)
             parts = _member_parts(info.name)
             if not parts:
                 continue
@@ -451,23 +518,21 @@ def extract(tree: af.Tree, call: Call, params: Params) -> Params:
 
 
 def _extract(tree: af.Tree, call: Call, dest: Parts, stage_fd: int) -> Params:
+    """Unpack into staging, checking each member as it comes and the links once all are in;
+    only a wholly accepted archive is moved into dest."""
     _spool(call, stage_fd)
-    dest_fd = _open_if_exists(tree, dest)
-    try:
-        scan = _Scan(_Dest(dest_fd), dest)
-        with _open_archive(stage_fd) as tar:
-            for info in tar:
-                call.check_cancelled()
-                scan.add(info)
-        scan.check_links()
-    finally:
-        if dest_fd is not None:
-            os.close(dest_fd)
     os.mkdir("tree", 0o700, dir_fd=stage_fd)
     out_fd = os.open("tree", af.DIR_FLAGS, dir_fd=stage_fd)
     try:
-        with _open_archive(stage_fd) as tar:
-            written = _unpack(tar, out_fd, call)
+        dest_fd = _open_if_exists(tree, dest)
+        try:
+            scan = _Scan(_Dest(dest_fd), dest)
+            with _open_archive(stage_fd) as tar:
+                written = _unpack(tar, out_fd, call, scan.add)
+            scan.check_links()
+        finally:
+            if dest_fd is not None:
+                os.close(dest_fd)
         with tree.open_dir(dest, create=True) as dest_fd:
             _merge(out_fd, dest_fd, dest)
     finally:
