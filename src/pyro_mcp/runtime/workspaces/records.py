@@ -143,18 +143,13 @@ def workspace_view(row: Mapping[str, Any], last: Mapping[str, Any] | None) -> di
     }
 
 
+_LIST_KEYS = (
+    "workspace_id", "name", "labels", "environment", "state", "stop_reason", "created_at",
+    "last_activity_at", "expires_at", "command_count", "service_count", "running_service_count",
+)  # fmt: skip
+
+
 def list_item(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "workspace_id": row["workspace_id"],
-        "name": row["name"],
-        "labels": json.loads(row["labels"]),
-        "environment": row["environment"],
-        "state": row["state"],
-        "stop_reason": row["stop_reason"],
-        "created_at": row["created_at"],
-        "last_activity_at": row["last_activity_at"],
-        "expires_at": row["expires_at"],
-        "command_count": row["command_count"],
-        "service_count": 0,
-        "running_service_count": 0,
-    }
+    """The short form `list` shows: a subset of the Workspace shape."""
+    view = workspace_view(row, None)
+    return {key: view[key] for key in _LIST_KEYS}
