@@ -15,6 +15,8 @@ from pyro_mcp.runtime.workspaces.service import WorkspaceService
 from pyro_mcp.state.store import StateStore
 
 if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
+
     from pyro_mcp.environments.build import Progress
 
 
@@ -280,6 +282,20 @@ class Pyro:
                 )
         result["deleted_snapshots"] = snapshots.prune(self.vms.snapshots, installed)
         return result
+
+    # --- MCP -------------------------------------------------------------------------------
+
+    def create_server(
+        self,
+        *,
+        profile: str = "workspace-full",
+        allowed_roots: list[str | Path] | None = None,
+    ) -> MCPServer:
+        """An MCP server (the official SDK's MCPServer) offering `profile`'s tools; host paths
+        the model names must lie in `allowed_roots` (default: the working directory)."""
+        from pyro_mcp.mcp.server import create_server
+
+        return create_server(self, profile=profile, allowed_roots=allowed_roots)
 
     # --- host ----------------------------------------------------------------------------
 

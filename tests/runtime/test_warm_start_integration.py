@@ -32,7 +32,7 @@ from pyro_mcp.runtime.vms import DISK_FILE, VmService
 from pyro_mcp.sdk import Pyro
 
 if TYPE_CHECKING:
-    from conftest import LeakGuard
+    from vm_leaks import LeakGuard
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 

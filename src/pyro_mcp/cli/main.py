@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pyro_mcp import __version__
 from pyro_mcp.cli import doctor as doctor_cmd
 from pyro_mcp.cli import env as env_cmd
+from pyro_mcp.cli import mcp as mcp_cmd
 from pyro_mcp.cli import run as run_cmd
 from pyro_mcp.cli import runtime as runtime_cmd
 from pyro_mcp.cli import workspace as workspace_cmd
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.register(commands)
     env_cmd.register(commands)
     workspace_cmd.register(commands)
+    mcp_cmd.register(commands)
     doctor_cmd.register(commands)
     runtime_cmd.register(commands)
     return parser

@@ -1,6 +1,6 @@
 """Workspaces against real VMs (QEMU TCG on this host), through the SDK and the CLI.
 
-Every test ends with the leak check of `leak_guard` (tests/runtime/conftest.py): no
+Every test ends with the leak check of `leak_guard` (tests/vm_leaks.py): no
 supervisor, VMM, socket, disk or workspace directory is left once it is over.
 """
 
@@ -23,7 +23,7 @@ from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.sdk import Pyro
 
 if TYPE_CHECKING:
-    from conftest import LeakGuard
+    from vm_leaks import LeakGuard
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 

@@ -1,0 +1,107 @@
+"""What each MCP tool tells the model: when to use it, what it returns, its limits."""
+
+from __future__ import annotations
+
+ENV_HINT = (
+    "Environment name: debian:12 (git, python3), debian:12-base, debian:12-build (gcc, make)."
+)
+
+VM_RUN = (
+    "Run one command in a fresh, disposable Linux microVM and delete the VM afterwards. Use it "
+    "for any command that must not run on the user's machine. `command` is a shell string "
+    "(run with sh -lc) or an argv list. Returns stdout, stderr, exit_code (124 on timeout, "
+    "with the output so far) and duration_ms; each stream is capped at 1 MiB. No network. "
+    + ENV_HINT
+)
+WORKSPACE_CREATE = (
+    "Create a persistent workspace: a VM whose /workspace keeps its files between calls until "
+    "deleted or its ttl_seconds (60-3600, default 600) runs out. seed_path (a host directory or "
+    ".tar/.tar.gz/.tgz inside the server's allowed roots) fills /workspace and becomes the "
+    "baseline that workspace_diff and workspace_reset compare against. Returns workspace_id. "
+    + ENV_HINT
+)
+WORKSPACE_EXEC = (
+    "Run a command in a workspace, in /workspace; files and installed packages persist for "
+    "later calls. `command` is a shell string (sh -lc) or an argv list. Returns stdout, "
+    "stderr, exit_code (124 on timeout) and its sequence number in the workspace's history."
+)
+
+DESCRIPTIONS = {
+    "vm_run": VM_RUN,
+    "vm_list_environments": (
+        "List the environments (Debian 12 variants) and whether each is built on this host."
+    ),
+    "vm_create": (
+        "Record a new VM without starting it. Prefer vm_run for one command; use this only "
+        "when you must inspect the VM before its single command. Returns vm_id."
+    ),
+    "vm_start": ("Boot a VM made by vm_create and wait until it answers."),
+    "vm_exec": (
+        "Run ONE command in a started VM; the VM is deleted afterwards. Returns stdout, "
+        "stderr, exit_code."
+    ),
+    "vm_stop": ("Stop a VM (its record stays, as `stopped`)."),
+    "vm_delete": ("Stop a VM if needed and remove every trace of it."),
+    "vm_status": ("A VM's state (created, started or stopped, with the reason) and settings."),
+    "vm_network_info": ("A VM's network settings (VMs have no network in this version)."),
+    "vm_reap_expired": (
+        "Delete every VM past its TTL (their supervisors also end them on time); returns the "
+        "deleted ids."
+    ),
+    "workspace_create": WORKSPACE_CREATE,
+    "workspace_list": (
+        "List workspaces, most recently active first, with state, labels and expires_at."
+    ),
+    "workspace_update": (
+        "Set or clear a workspace's name; add, change or remove labels (clear_labels lists keys)."
+    ),
+    "workspace_status": (
+        "A workspace's record: state (a workspace whose VM died shows `stopped` with the "
+        "reason), expires_at, command_count, last_command, reset_count."
+    ),
+    "workspace_logs": (
+        "Every command run in the workspace, oldest first: sequence, command, exit_code, "
+        "duration_ms and the last 64 KiB of stdout and stderr."
+    ),
+    "workspace_diff": (
+        "What changed in /workspace since it was created (its baseline): a summary (added, "
+        "modified, deleted, type_changed) and a unified patch per changed text file."
+    ),
+    "workspace_delete": ("Delete a workspace: its VM, disk and command logs. Cannot be undone."),
+    "workspace_stop": (
+        "Stop a workspace's VM; its disk and files stay. workspace_start boots it again."
+    ),
+    "workspace_start": (
+        "Boot a stopped workspace on its own disk (slower than a reset: a full boot)."
+    ),
+    "workspace_exec": WORKSPACE_EXEC,
+    "workspace_sync_push": (
+        "Copy a host directory or .tar/.tar.gz/.tgz (inside the server's allowed roots) into "
+        "/workspace or a directory inside it. Adds and replaces files; never deletes any."
+    ),
+    "workspace_export": (
+        "Copy one file or directory of /workspace to a new host path (inside the server's "
+        "allowed roots; it must not exist yet)."
+    ),
+    "workspace_file_list": (
+        "List a directory of /workspace (recursive for everything below it): path, "
+        "artifact_type, size_bytes, link_target."
+    ),
+    "workspace_file_read": (
+        "Read a text file of /workspace: the first max_bytes (default 65536, at most "
+        "1048576); `truncated` says the file is longer."
+    ),
+    "workspace_file_write": (
+        "Create or replace a text file in /workspace (at most 1 MiB; parent directories are "
+        "made). Replaces the whole file."
+    ),
+    "workspace_patch_apply": (
+        "Apply a unified diff (as `git diff` writes it: new, deleted and renamed files too) "
+        "to /workspace. Paths are relative to /workspace. Every hunk is checked first; a "
+        "patch that does not apply changes nothing."
+    ),
+    "workspace_reset": (
+        "Put /workspace back to its baseline in a fresh VM (packages installed outside "
+        "/workspace are gone too). Command history is kept."
+    ),
+}

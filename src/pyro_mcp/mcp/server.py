@@ -1,0 +1,69 @@
+"""The MCP server: a profile's tools on the official MCP SDK's MCPServer.
+
+Profiles, smallest first: `vm-run` (only vm_run), `workspace-core` (vm_run and the 15
+workspace tools an agent needs), `workspace-full` (every tool whose capability exists).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from pyro_mcp import __version__
+from pyro_mcp.errors import InvalidArgumentError
+from pyro_mcp.mcp.roots import Roots
+from pyro_mcp.mcp.tools import PyroTools
+
+if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
+
+    from pyro_mcp.sdk import Pyro
+
+VM_RUN = ("vm_run",)
+WORKSPACE_CORE = (
+    *VM_RUN,
+    "workspace_create", "workspace_list", "workspace_update", "workspace_status",
+    "workspace_logs", "workspace_diff", "workspace_delete", "workspace_exec",
+    "workspace_sync_push", "workspace_export", "workspace_file_list", "workspace_file_read",
+    "workspace_file_write", "workspace_patch_apply", "workspace_reset",
+)  # fmt: skip
+WORKSPACE_FULL = (
+    *WORKSPACE_CORE,
+    "vm_list_environments", "vm_create", "vm_start", "vm_exec", "vm_stop", "vm_delete",
+    "vm_status", "vm_network_info", "vm_reap_expired", "workspace_stop", "workspace_start",
+)  # fmt: skip
+PROFILES = {"vm-run": VM_RUN, "workspace-core": WORKSPACE_CORE, "workspace-full": WORKSPACE_FULL}
+DEFAULT_PROFILE = "workspace-full"
+
+INSTRUCTIONS = (
+    "pyro runs commands in disposable Linux microVMs, never on the user's machine. Use vm_run "
+    "for one command. Use workspace_create once and then workspace_exec, the file tools and "
+    "workspace_patch_apply when work must persist across calls; workspace_diff shows what "
+    "changed, workspace_reset starts over, workspace_delete frees it."
+)
+
+
+def create_server(
+    pyro: Pyro,
+    *,
+    profile: str = DEFAULT_PROFILE,
+    allowed_roots: Iterable[str | os.PathLike[str]] | None = None,
+) -> MCPServer:
+    """An MCPServer offering `profile`'s tools; host paths must lie in `allowed_roots`
+    (default: the current working directory)."""
+    if profile not in PROFILES:
+        raise InvalidArgumentError(
+            f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}"
+        )
+    from mcp.server.mcpserver import MCPServer
+
+    roots = Roots(allowed_roots if allowed_roots is not None else [os.getcwd()])
+    server: MCPServer = MCPServer(
+        name="pyro_mcp", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
+    )
+    table = PyroTools(pyro, roots).table()
+    for name in PROFILES[profile]:
+        fn, description = table[name]
+        server.add_tool(fn, name=name, description=description)
+    return server

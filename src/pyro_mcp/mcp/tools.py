@@ -1,0 +1,109 @@
+"""The MCP tools: each one is an SDK method, described for the model that will choose it.
+
+A tool's parameters are its SDK method's, read from the method's signature, less the ones
+that only make sense in-process (callbacks) or whose capability is not in this version
+(secrets, network policies). The MCP SDK derives the input schema from that signature and
+runs the call in a worker thread, so a long boot never stalls the server. Host paths go
+through the allowed roots first; results are bounded; a PyroError becomes a tool error
+carrying the same message the CLI prints.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from mcp.server.mcpserver.exceptions import ToolError
+
+from pyro_mcp.errors import PyroError
+from pyro_mcp.mcp.bounds import bound
+from pyro_mcp.mcp.descriptions import DESCRIPTIONS
+from pyro_mcp.mcp.roots import Roots
+from pyro_mcp.sdk import Pyro
+
+Tool = Callable[..., dict[str, Any]]
+
+SDK_METHODS = {
+    "vm_run": "run_in_vm",
+    "vm_list_environments": "list_environments",
+    "vm_create": "create_vm",
+    "vm_start": "start_vm",
+    "vm_exec": "exec_vm",
+    "vm_stop": "stop_vm",
+    "vm_delete": "delete_vm",
+    "vm_status": "status_vm",
+    "vm_network_info": "network_info_vm",
+    "vm_reap_expired": "reap_expired",
+    "workspace_create": "create_workspace",
+    "workspace_list": "list_workspaces",
+    "workspace_update": "update_workspace",
+    "workspace_status": "status_workspace",
+    "workspace_logs": "logs_workspace",
+    "workspace_diff": "diff_workspace",
+    "workspace_delete": "delete_workspace",
+    "workspace_stop": "stop_workspace",
+    "workspace_start": "start_workspace",
+    "workspace_exec": "exec_workspace",
+    "workspace_sync_push": "push_workspace_sync",
+    "workspace_export": "export_workspace",
+    "workspace_file_list": "list_workspace_files",
+    "workspace_file_read": "read_workspace_file",
+    "workspace_file_write": "write_workspace_file",
+    "workspace_patch_apply": "apply_workspace_patch",
+    "workspace_reset": "reset_workspace",
+}
+HIDDEN = frozenset({"on_output", "on_phase", "progress", "secrets", "network_policy", "secret_env"})
+# Host paths the model may name, and whether they must exist already.
+HOST_PATHS = {"seed_path": True, "source_path": True, "output_path": False}
+
+
+def _drop_host_paths(logs: dict[str, Any]) -> dict[str, Any]:
+    for entry in logs["entries"]:  # they mean nothing to the model and reveal the host
+        entry.pop("stdout_file", None)
+        entry.pop("stderr_file", None)
+    return logs
+
+
+def _as_is(result: dict[str, Any]) -> dict[str, Any]:
+    return result
+
+
+AFTER: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "vm_list_environments": lambda envs: {"environments": envs},
+    "workspace_logs": _drop_host_paths,
+}
+
+
+class PyroTools:
+    """Every tool of every profile; a profile picks some of them by name."""
+
+    def __init__(self, pyro: Pyro, roots: Roots) -> None:
+        self.pyro, self.roots = pyro, roots
+
+    def table(self) -> dict[str, tuple[Tool, str]]:
+        """Tool name -> (function, description)."""
+        return {name: (self._tool(name), text) for name, text in DESCRIPTIONS.items()}
+
+    def _tool(self, name: str) -> Tool:
+        method: Callable[..., Any] = getattr(self.pyro, SDK_METHODS[name])
+        signature = inspect.signature(method, eval_str=True)
+        params = [p for p in signature.parameters.values() if p.name not in HIDDEN]
+        after: Callable[[Any], dict[str, Any]] = AFTER.get(name, _as_is)
+
+        def call(**arguments: Any) -> dict[str, Any]:
+            try:
+                for key, existing in HOST_PATHS.items():
+                    if arguments.get(key) is not None:
+                        check = self.roots.existing if existing else self.roots.new
+                        arguments[key] = check(key, str(arguments[key]))
+                return bound(after(method(**arguments)))
+            except PyroError as exc:
+                raise ToolError(str(exc)) from exc
+
+        call.__name__ = name
+        call.__doc__ = DESCRIPTIONS[name]
+        call.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=params, return_annotation=dict[str, Any]
+        )
+        return call
