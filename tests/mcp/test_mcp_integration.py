@@ -7,7 +7,6 @@ and workspaces are all gone.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -64,11 +63,12 @@ async def refused(session: ClientSession, tool: str, **arguments: Any) -> str:
     return str(result.content[0].text)  # type: ignore[union-attr]
 
 
-def test_each_profile_lists_its_tools_over_stdio(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_each_profile_lists_its_tools(tmp_path: Path, transport: str) -> None:
     async def main() -> dict[str, list[str]]:
         found = {}
         for profile in ("vm-run", "workspace-core", "workspace-full"):
-            async with stdio_session(tmp_path, "--profile", profile) as session:
+            async with session_over(transport, tmp_path, "--profile", profile) as session:
                 tools = (await session.list_tools()).tools
                 found[profile] = [tool.name for tool in tools]
                 schema = {t.name: t.input_schema for t in tools}["vm_run"]
@@ -83,8 +83,9 @@ def test_each_profile_lists_its_tools_over_stdio(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.vm
-def test_vm_run_and_a_whole_workspace_flow_over_stdio(
-    built_debian12: Any, tmp_path: Path, leak_guard: Any
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_vm_run_and_a_whole_workspace_flow(
+    built_debian12: Any, tmp_path: Path, leak_guard: Any, transport: str
 ) -> None:
     root = tmp_path / "root"
     (root / "seed").mkdir(parents=True)
@@ -94,8 +95,8 @@ def test_vm_run_and_a_whole_workspace_flow_over_stdio(
     (outside / "secret.txt").write_text("host secret\n")
 
     async def main() -> None:
-        async with stdio_session(root, "--profile", "workspace-core",
-                                 cache_dir=built_debian12.cache_dir) as s:  # fmt: skip
+        async with session_over(transport, root, "--profile", "workspace-core",
+                                cache_dir=built_debian12.cache_dir) as s:  # fmt: skip
             ran = await call(s, "vm_run", environment=ENV, command=["git", "--version"])
             assert ran["exit_code"] == 0 and ran["stdout"].startswith("git version")
             # host paths outside the allowed roots: refused, nothing read or written
@@ -213,6 +214,28 @@ async def tool_names(session: ClientSession) -> list[str]:
     return [tool.name for tool in (await session.list_tools()).tools]
 
 
+TOKEN = "test-token"
+
+
+@asynccontextmanager
+async def session_over(
+    transport: str, cwd: Path, *args: str, cache_dir: Path | None = None
+) -> AsyncIterator[ClientSession]:
+    """A client session with `pyro mcp serve ARGS`, over stdio or HTTP with a token."""
+    if transport == "stdio":
+        async with stdio_session(cwd, *args, cache_dir=cache_dir) as session:
+            yield session
+        return
+    async with (
+        http_server(cwd, cache_dir, TOKEN, *args) as url,
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300) as client,
+        streamable_http_client(url, http_client=client) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
 def test_http_without_the_token_gets_401_and_with_it_works(tmp_path: Path) -> None:
     async def main() -> None:
         async with http_server(tmp_path, None, "s3cret", "--profile", "vm-run") as url:
@@ -245,20 +268,3 @@ def test_http_on_loopback_with_no_auth_serves(tmp_path: Path) -> None:
             assert len(await over_http(url, None, tool_names)) == 27
 
     anyio.run(main)
-
-
-@pytest.mark.integration
-@pytest.mark.vm
-def test_vm_run_over_http_with_the_token(
-    built_debian12: Any, tmp_path: Path, leak_guard: Any
-) -> None:
-    async def run(session: ClientSession) -> dict[str, Any]:
-        return await call(session, "vm_run", environment=ENV, command="echo $((6 * 7))")
-
-    async def main() -> dict[str, Any]:
-        async with http_server(tmp_path, built_debian12.cache_dir, "tok") as url:
-            return dict(await over_http(url, "tok", run))
-
-    result = anyio.run(main)
-    assert result["stdout"] == "42\n" and result["cleanup"]["deleted"] is True
-    assert json.dumps(result)
