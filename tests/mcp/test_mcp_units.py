@@ -13,7 +13,7 @@ import pytest
 from pyro_mcp.errors import InvalidArgumentError
 from pyro_mcp.mcp import http
 from pyro_mcp.mcp.bounds import bound
-from pyro_mcp.mcp.roots import Roots
+from pyro_mcp.mcp.roots import Roots, default_roots
 from pyro_mcp.mcp.server import PROFILES, WORKSPACE_CORE, create_server
 from pyro_mcp.sdk import Pyro
 
@@ -86,6 +86,14 @@ def test_roots_refuse_paths_outside_and_links_leading_out(tmp_path: Path) -> Non
             roots.new("output_path", bad)
     os.chdir(root)
     assert Roots([root]).existing("seed_path", "sub") == str(root / "sub")
+
+
+def test_the_filesystem_root_is_never_a_default_root(tmp_path: Path) -> None:
+    assert default_roots("/", []).paths == ()
+    with pytest.raises(InvalidArgumentError, match="none were given"):
+        default_roots("/", []).existing("seed_path", "/home")
+    assert default_roots("/", [tmp_path]).paths == (tmp_path.resolve(),)
+    assert default_roots(str(tmp_path), ["/srv"]).paths == (tmp_path.resolve(), Path("/srv"))
 
 
 def test_big_results_are_cut_largest_string_first() -> None:

@@ -18,7 +18,8 @@ def register(commands: Any) -> None:
         "serve",
         help="run the MCP server (stdio unless --transport says otherwise)",
         description="Serve pyro's tools to an MCP host. Host paths the model names must lie "
-        "inside the allowed roots: the working directory, plus any --allow-path.",
+        "inside the allowed roots: the working directory (unless it is /), plus any "
+        "--allow-path.",
     )
     serve.add_argument(
         "--profile", choices=list(PROFILES), default=DEFAULT_PROFILE,
@@ -40,14 +41,15 @@ def register(commands: Any) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from pyro_mcp.mcp import http
+    from pyro_mcp.mcp.roots import default_roots
     from pyro_mcp.mcp.server import create_server
     from pyro_mcp.sdk import Pyro
 
     token = os.environ.get(http.TOKEN_ENV) or None
     if args.transport == "streamable-http":
         http.check_auth(args.host, token, args.no_auth)
-    roots = [os.getcwd(), *args.allow_path]
-    server = create_server(Pyro(), profile=args.profile, allowed_roots=roots)
+    roots = default_roots(os.getcwd(), args.allow_path).paths
+    server = create_server(Pyro(), profile=args.profile, allowed_roots=list(roots))
     if args.transport == "stdio":
         server.run("stdio")
     else:

@@ -4,6 +4,9 @@ The model driving the client is untrusted, so `seed_path`, `source_path` and `ou
 are resolved (symbolic links followed) and must land inside a root before pyro reads or
 writes anything. The resolved path is what the SDK gets, so a link swapped in afterwards
 cannot redirect the call.
+
+The default root is the server's working directory, except `/`: MCP hosts often start
+servers there, and a root of `/` would hand the model the whole disk.
 """
 
 from __future__ import annotations
@@ -18,14 +21,12 @@ from pyro_mcp.errors import InvalidArgumentError
 class Roots:
     def __init__(self, roots: Iterable[str | os.PathLike[str]]) -> None:
         self.paths = tuple(Path(os.path.realpath(root)) for root in roots)
-        if not self.paths:
-            raise InvalidArgumentError("at least one allowed root is needed")
 
     def _inside(self, path: Path) -> bool:
         return any(path == root or root in path.parents for root in self.paths)
 
     def _refuse(self, what: str, given: str) -> InvalidArgumentError:
-        shown = ", ".join(str(root) for root in self.paths)
+        shown = ", ".join(str(root) for root in self.paths) or "none were given"
         return InvalidArgumentError(
             f"{what} {given!r} is outside the host paths this server may use ({shown})",
             hint="name a path inside them, or start the server with --allow-path DIR",
@@ -50,3 +51,9 @@ class Roots:
         if ".." in missing or not self._inside(real):
             raise self._refuse(what, given)
         return str(real)
+
+
+def default_roots(cwd: str, extra: Iterable[str | os.PathLike[str]]) -> Roots:
+    """The working directory (unless it is `/`) plus every --allow-path."""
+    base = [] if os.path.realpath(cwd) == "/" else [cwd]
+    return Roots([*base, *extra])

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from pyro_mcp import __version__
 from pyro_mcp.errors import InvalidArgumentError
-from pyro_mcp.mcp.roots import Roots
+from pyro_mcp.mcp.roots import Roots, default_roots
 from pyro_mcp.mcp.tools import PyroTools
 
 if TYPE_CHECKING:
@@ -51,14 +51,14 @@ def create_server(
     allowed_roots: Iterable[str | os.PathLike[str]] | None = None,
 ) -> MCPServer:
     """An MCPServer offering `profile`'s tools; host paths must lie in `allowed_roots`
-    (default: the current working directory)."""
+    (default: the current working directory, unless that is `/`)."""
     if profile not in PROFILES:
         raise InvalidArgumentError(
             f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}"
         )
     from mcp.server.mcpserver import MCPServer
 
-    roots = Roots(allowed_roots if allowed_roots is not None else [os.getcwd()])
+    roots = Roots(allowed_roots) if allowed_roots is not None else default_roots(os.getcwd(), [])
     server: MCPServer = MCPServer(
         name="pyro_mcp", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
     )

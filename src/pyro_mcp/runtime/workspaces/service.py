@@ -108,7 +108,11 @@ class WorkspaceService:
         view = records.workspace_view(row, rows.last_command(self.store, workspace_id))
         vm = self.store.get_vm(row["vm_id"]) if row["vm_id"] else None
         if vm is not None:
-            view["metadata"] = {"backend": vm["backend"] or "", "boot_mode": vm["boot_mode"] or ""}
+            view["metadata"] = {
+                "backend": vm["backend"] or "",
+                "boot_mode": vm["boot_mode"] or "",
+                "boot_note": vm["boot_note"] or "",
+            }
         return view
 
     def list(self) -> dict[str, Any]:
