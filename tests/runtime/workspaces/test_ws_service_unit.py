@@ -190,3 +190,14 @@ def test_logs_show_every_command_with_the_tail_of_its_output(
     assert (one["stderr"], one["stderr_truncated"], one["stderr_file"]) == ("", False, None)
     assert (two["command"], two["exit_code"]) == ("lost", None)
     assert pyro.status_workspace("abc123def456")["last_command"]["command"] == "lost"
+
+
+def test_a_vm_left_by_a_killed_create_is_ended_when_the_workspace_settles() -> None:
+    pyro = Pyro()
+    put_workspace(pyro, state="creating", stop_reason=None)
+    orphan = pyro.vms.create_vm(environment="debian:12", _workspace_id="abc123def456")
+    other = pyro.vms.create_vm(environment="debian:12")
+    status = pyro.status_workspace("abc123def456")
+    assert status["state"] == "stopped" and "interrupted" in status["stop_reason"]
+    assert pyro.vms.store.get_vm(orphan["vm_id"]) is None
+    assert pyro.vms.store.get_vm(other["vm_id"]) is not None

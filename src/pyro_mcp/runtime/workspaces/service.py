@@ -99,9 +99,17 @@ class WorkspaceService:
                 "WHERE workspace_id = ? AND state = ? AND vm_id IS ?",
                 (reason, row["workspace_id"], row["state"], row["vm_id"]),
             )
-        if row["vm_id"]:
+        self._end_vms(row["workspace_id"], "workspace_stopped")
+
+    def _end_vms(self, workspace_id: str, reason: str) -> None:
+        """End every VM serving the workspace: its current one, and any that a call killed
+        mid-way (say, in the middle of a create) left running until its TTL."""
+        with self.store.connect() as conn:
+            found = conn.execute("SELECT vm_id FROM vms WHERE workspace_id = ?", (workspace_id,))
+            vm_ids = [row[0] for row in found]
+        for vm_id in vm_ids:
             with contextlib.suppress(NotFoundError):
-                self.vms.delete_vm(row["vm_id"], reason="workspace_stopped")
+                self.vms.delete_vm(vm_id, reason=reason)
 
     def view(self, workspace_id: str) -> dict[str, Any]:
         row = self.row(workspace_id)
@@ -160,6 +168,12 @@ class WorkspaceService:
                 hint="create a new workspace, with a longer ttl_seconds if it needs one",
             )
         fresh = self._reconcile(fresh)
+        if fresh["state"] in records.TRANSITIONAL:
+            return WrongStateError(
+                f"workspace {workspace_id} is {fresh['state']} by another call, which ended "
+                f"the VM {op} was using",
+                hint="retry when that call finishes",
+            )
         if fresh["state"] == "stopped":
             return WrongStateError(
                 f"workspace {workspace_id} stopped while {op} ran ({fresh['stop_reason']})",
@@ -333,9 +347,7 @@ class WorkspaceService:
                 launch.connect(Path(vm["vm_dir"]), timeout=5.0) as client,
             ):
                 client.sync(timeout=30.0)  # flush the guest's page cache to the disk
-        if vm is not None:
-            with contextlib.suppress(NotFoundError):
-                self.vms.delete_vm(vm["vm_id"], reason=reason)
+        self._end_vms(row["workspace_id"], reason)
         self.store.update("workspaces", row["workspace_id"], vm_id=None)
 
     def _use_exclusive(self, workspace_id: str) -> contextlib.AbstractContextManager[None]:
@@ -401,7 +413,7 @@ class WorkspaceService:
         row = self._load(workspace_id)
         directory = self.directory(row["workspace_id"])
         if not directory.is_dir():  # left behind by a crash: only the record remains
-            remove_workspace(self.store, row["workspace_id"])
+            self._destroy(row["workspace_id"], "deleted")
         else:
             with locks.hold(directory, locks.LIFE, exclusive=True, timeout=CHANGE_WAIT_S):
                 self._halt(self._load(workspace_id), "deleting", "deleted", sync=False)
@@ -411,10 +423,7 @@ class WorkspaceService:
 
     def _destroy(self, workspace_id: str, reason: str) -> None:
         """Remove a workspace whatever state it is in (the caller owns it or it expired)."""
-        row = self.store.get("workspaces", workspace_id)
-        if row is not None and row["vm_id"]:
-            with contextlib.suppress(NotFoundError):
-                self.vms.delete_vm(row["vm_id"], reason=reason)
+        self._end_vms(workspace_id, reason)
         remove_workspace(self.store, workspace_id)
 
     def _expire(self, row: Mapping[str, Any], *, held: bool = False) -> None:
