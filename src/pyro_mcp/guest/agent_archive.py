@@ -125,10 +125,9 @@ def _gnu_tar(dir_fd: int, sink: af.DataSink, call: Call) -> tuple[int, int]:
     )  # fmt: skip
     if listed.returncode != 0:
         raise invalid(f"cannot list the directory: {listed.stderr.decode(errors='replace')[-300:]}")
-    names = [item[1:] for item in listed.stdout.split(b"\0") if item]
-    kinds = [item[:1] for item in listed.stdout.split(b"\0") if item]
+    found = [item for item in listed.stdout.split(b"\0") if item]  # b"<type letter><path>"
     # Files, directories and links only: sockets, devices and FIFOs are left out and counted.
-    wanted = [name for name, k in zip(names, kinds, strict=True) if k in (b"f", b"d", b"l")]
+    wanted = [item[1:] for item in found if item[:1] in (b"f", b"d", b"l")]
     proc = subprocess.Popen(
         ["tar", "--create", "--format=gnu", "--numeric-owner", "--no-recursion",
          "--ignore-failed-read", "--null", "--files-from=-", "--file=-"],
@@ -148,7 +147,7 @@ def _gnu_tar(dir_fd: int, sink: af.DataSink, call: Call) -> tuple[int, int]:
         feeder.join()
     if code not in (0, 1):  # 1: a file changed while it was read, which a live tree may do
         raise invalid(f"tar failed ({code}): {errors.decode(errors='replace')}")
-    return len(wanted), len(names) - len(wanted)
+    return len(wanted), len(found) - len(wanted)
 
 
 def _feed(pipe: IO[bytes], names: list[bytes]) -> None:

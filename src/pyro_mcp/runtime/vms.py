@@ -98,11 +98,7 @@ class VmService:
             "tap_name": None,
             "execution_mode": row["execution_mode"],
             "stop_reason": row["stop_reason"],
-            "metadata": {
-                "backend": row["backend"] or "pending",
-                "boot_mode": row["boot_mode"] or "pending",
-                "boot_note": row["boot_note"] or "",
-            },
+            "metadata": vm_metadata(row),
         }
 
     def _row(self, vm_id: str) -> dict[str, Any]:
@@ -536,6 +532,16 @@ class VmService:
             with contextlib.suppress(Exception):  # NotFoundError: exec_vm already deleted it
                 self.delete_vm(vm["vm_id"], reason="run_vm_error_cleanup")
             raise
+
+
+def vm_metadata(row: dict[str, Any]) -> dict[str, str]:
+    """How a VM runs: its backend, and whether it restored, came from standby or cold-booted
+    (and why); a VM, or the workspace it serves, reports this as `metadata`."""
+    return {
+        "backend": row["backend"] or "pending",
+        "boot_mode": row["boot_mode"] or "pending",
+        "boot_note": row["boot_note"] or "",
+    }
 
 
 def disk_file(row: dict[str, Any]) -> Path:

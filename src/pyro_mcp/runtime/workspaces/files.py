@@ -135,7 +135,7 @@ class WorkspaceFiles:
     ) -> dict[str, Any]:
         """Unpack a host directory or .tar/.tar.gz/.tgz over `dest` (added to, never pruned)."""
         _logical(dest, "dest")
-        directory = self.service.directory(self.service.row(workspace_id)["workspace_id"])
+        directory = self.service.known_directory(workspace_id)
         with _scratch(directory) as tar_path:
             seed = archives.prepare_archive(source_path, tar_path)
             with (
@@ -159,7 +159,7 @@ class WorkspaceFiles:
         """Copy a file or directory of /workspace to a new host path, atomically."""
         _logical(path)
         output = archives.check_output_free(Path(output_path))
-        directory = self.service.directory(self.service.row(workspace_id)["workspace_id"])
+        directory = self.service.known_directory(workspace_id)
         with _scratch(directory) as tar_path:
             with (
                 self._client(workspace_id, "export") as (row, client),
@@ -182,8 +182,8 @@ class WorkspaceFiles:
         """What changed in /workspace since the baseline: a summary and a git-style patch.
         Only files whose size or mtime moved are hashed in the guest; only changed text files
         cross to the host."""
-        directory = self.service.directory(self.service.row(workspace_id)["workspace_id"])
-        with self._client(workspace_id, "diff") as (_, client):
+        with self._client(workspace_id, "diff") as (row, client):
+            directory = self.service.directory(row["workspace_id"])
             baseline = diff.load_baseline(directory / BASELINE_MANIFEST)
             current = client.manifest(since=baseline.since())
             changes = diff.changes(baseline, current)

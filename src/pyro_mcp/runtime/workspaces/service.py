@@ -26,7 +26,7 @@ from pyro_mcp.errors import (
 )
 from pyro_mcp.guest.client_files import ArchiveResult
 from pyro_mcp.runtime import launch
-from pyro_mcp.runtime.vms import VmService, check_range
+from pyro_mcp.runtime.vms import VmService, check_range, vm_metadata
 from pyro_mcp.runtime.workspaces import archives, diff, locks, records
 from pyro_mcp.state import workspaces as rows
 from pyro_mcp.supervisor.main import remove_workspace
@@ -48,6 +48,11 @@ class WorkspaceService:
 
     def directory(self, workspace_id: str) -> Path:
         return self.store.workspace_dir(workspace_id)
+
+    def known_directory(self, workspace_id: str) -> Path:
+        """The directory of a workspace that exists (NotFoundError otherwise); no
+        reconciliation, so it is cheap enough to call before the call that does it."""
+        return self.directory(self._load(workspace_id)["workspace_id"])
 
     # --- reading --------------------------------------------------------------------------
 
@@ -116,11 +121,7 @@ class WorkspaceService:
         view = records.workspace_view(row, rows.last_command(self.store, workspace_id))
         vm = self.store.get_vm(row["vm_id"]) if row["vm_id"] else None
         if vm is not None:
-            view["metadata"] = {
-                "backend": vm["backend"] or "",
-                "boot_mode": vm["boot_mode"] or "",
-                "boot_note": vm["boot_note"] or "",
-            }
+            view["metadata"] = vm_metadata(vm)
         return view
 
     def list(self) -> dict[str, Any]:
@@ -139,7 +140,7 @@ class WorkspaceService:
     def using(self, workspace_id: str, op: str) -> Iterator[tuple[dict[str, Any], Path]]:
         """The started workspace and its VM's directory, held so no lifecycle change can swap
         the VM meanwhile; waits out a change another call is making."""
-        directory = self.directory(self._load(workspace_id)["workspace_id"])
+        directory = self.known_directory(workspace_id)
         deadline = time.monotonic() + CHANGE_WAIT_S
         while True:
             left = max(deadline - time.monotonic(), 0.0)
@@ -326,7 +327,7 @@ class WorkspaceService:
     def _changing(self, workspace_id: str, state: str) -> Iterator[dict[str, Any]]:
         """Hold the workspace's lifecycle lock; a change that fails leaves it `stopped` with
         the reason."""
-        directory = self.directory(self._load(workspace_id)["workspace_id"])
+        directory = self.known_directory(workspace_id)
         with locks.hold(directory, locks.LIFE, exclusive=True, timeout=CHANGE_WAIT_S):
             row = self.row(workspace_id, held=True)
             try:
