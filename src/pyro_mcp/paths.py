@@ -3,9 +3,12 @@ there is replaced safely."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 APP = "pyro-mcp"
 CACHE_ENV = "PYRO_CACHE_DIR"
@@ -42,15 +45,25 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: a crash leaves the old file or the new one, never half."""
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = 0o666) -> Iterator[BinaryIO]:
+    """A new file, written through the handle, that replaces `path` only once the block
+    completes: a crash or an error leaves the old file or the new one, never half.
+    `mode` is filtered by the umask, as for any new file."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` (see atomic_file)."""
+    with atomic_file(path) as handle:
+        handle.write(data)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from pyro_mcp import paths
 from pyro_mcp.errors import (
     ConflictError,
     GuestError,
@@ -143,21 +144,14 @@ def _corrupt(path: Path, reason: str) -> InvalidArgumentError:
 
 
 def _write_atomically(out: Path, fill: Callable[[tarfile.TarFile], None]) -> None:
-    """Write a tar through fill() to a temporary file next to `out`, renamed into place only
-    once it is complete."""
+    """Write a tar through fill(), put in place at `out` only once it is complete (0600:
+    it holds the user's files)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    try:
-        with (
-            os.fdopen(fd, "wb") as handle,
-            tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar,
-        ):
-            fill(tar)
-        os.replace(temp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    with (
+        paths.atomic_file(out, 0o600) as handle,
+        tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        fill(tar)
 
 
 @dataclass(frozen=True)
