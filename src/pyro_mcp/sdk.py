@@ -6,13 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyro_mcp.environments.service import EnvironmentService
-from pyro_mcp.environments.store import EnvironmentStore
-from pyro_mcp.runtime.vms import Command, OutputCallback, VmService
-from pyro_mcp.runtime.workspaces.commands import WorkspaceCommands
-from pyro_mcp.runtime.workspaces.files import WorkspaceFiles
-from pyro_mcp.runtime.workspaces.service import WorkspaceService
-from pyro_mcp.state.store import StateStore
+from pyro_mcp.errors import InvalidArgumentError
+from pyro_mcp.runtime.manager import VmManager
+from pyro_mcp.runtime.vms import Command, OutputCallback
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -21,17 +17,27 @@ if TYPE_CHECKING:
 
 
 class Pyro:
-    """Entry point of the SDK. `cache_dir` moves the artefact cache (default: XDG cache)."""
+    """Entry point of the SDK. `cache_dir` and `state_dir` move the artefact cache and the
+    state (default: XDG directories); `manager` shares one VmManager between several."""
 
     def __init__(
-        self, *, cache_dir: str | Path | None = None, state_dir: str | Path | None = None
+        self,
+        manager: VmManager | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        state_dir: str | Path | None = None,
     ) -> None:
-        store = EnvironmentStore(Path(cache_dir) / "environments" if cache_dir else None)
-        self.environments = EnvironmentService(store)
-        self.vms = VmService(self.environments, StateStore(Path(state_dir) if state_dir else None))
-        self.workspaces = WorkspaceService(self.vms)
-        self._commands = WorkspaceCommands(self.workspaces)
-        self._files = WorkspaceFiles(self.workspaces)
+        if manager is not None and (cache_dir is not None or state_dir is not None):
+            raise InvalidArgumentError(
+                "pass either a manager or cache_dir/state_dir, not both",
+                hint="a VmManager already has its directories: VmManager(cache_dir=...)",
+            )
+        self.manager = manager or VmManager(cache_dir=cache_dir, state_dir=state_dir)
+        self.environments = self.manager.environments
+        self.vms = self.manager.vms
+        self.workspaces = self.manager.workspaces
+        self._commands = self.manager.commands
+        self._files = self.manager.files
 
     # --- one-shot runs and VMs -------------------------------------------------------------
 
@@ -269,19 +275,7 @@ class Pyro:
 
     def prune_environments(self) -> dict[str, Any]:
         """Remove stale or broken environment installs, stale snapshots, unreferenced artefacts."""
-        from pyro_mcp.runtime import snapshots
-
-        result = self.environments.prune()
-        installed = set()
-        for env in self.environments.list():
-            manifest = env.get("install_manifest")
-            if manifest:
-                a = manifest["artifacts"]
-                installed.add(
-                    (a["kernel"]["sha256"], a["initramfs"]["sha256"], a["rootfs"]["sha256"])
-                )
-        result["deleted_snapshots"] = snapshots.prune(self.vms.snapshots, installed)
-        return result
+        return self.manager.prune()
 
     # --- MCP -------------------------------------------------------------------------------
 
@@ -301,7 +295,7 @@ class Pyro:
 
     def doctor(self, *, probe: bool = True) -> dict[str, Any]:
         """What this host can run and why; never raises for a missing piece."""
-        from pyro_mcp.host.doctor import doctor_report
+        from pyro_mcp.runtime.doctor import doctor_report
 
         return doctor_report(self.environments, probe=probe)
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pyro_mcp.cli.main import main
-from pyro_mcp.host import doctor, probe
+from pyro_mcp.runtime import doctor, probe
 
 
 def test_doctor_json_no_probe(

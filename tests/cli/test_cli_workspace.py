@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from workspace_fakes import RESULTS, WID, WORKSPACE, FakeSdk
 
+from framework.workspace_fakes import RESULTS, WID, WORKSPACE, FakeSdk
 from pyro_mcp import sdk
 from pyro_mcp.cli.main import build_parser, main
 from pyro_mcp.errors import NotFoundError

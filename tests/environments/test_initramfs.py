@@ -92,9 +92,13 @@ def test_gnu_cpio_reads_our_archive(tmp_path: Path) -> None:
 
 def test_guest_files_hold_init_and_agent() -> None:
     files = initramfs.guest_files()
-    modules = ("agent", "agent_archive", "agent_exec", "agent_files", "agent_patch")
-    modules += ("agent_system", "protocol", "protocol_files")
-    assert set(files) == {"init", *(f"pyro/agent/{name}.py" for name in modules)}
+    agent = ("__init__", "__main__", "archives", "commands", "files", "patches", "server", "system")
+    protocol = ("__init__", "file_ops", "frames", "ops")
+    assert set(files) == {
+        "init",
+        *(f"pyro/lib/pyro_mcp/agent/{name}.py" for name in agent),
+        *(f"pyro/lib/pyro_mcp/protocol/{name}.py" for name in protocol),
+    }
     assert files["init"].startswith(b"#!")
     assert b"PYRO_PROBE_OK" in files["init"]
     assert all(files.values())
@@ -104,7 +108,7 @@ def test_guest_digest_is_stable_and_follows_the_files(monkeypatch: pytest.Monkey
     first = initramfs.guest_digest()
     assert first == initramfs.guest_digest()
     assert len(first) == 64
-    changed = {**initramfs.guest_files(), "pyro/agent/agent.py": b"# a new agent\n"}
+    changed = {**initramfs.guest_files(), "pyro/lib/pyro_mcp/agent/server.py": b"# a new agent\n"}
     monkeypatch.setattr(initramfs, "guest_files", lambda: changed)
     assert initramfs.guest_digest() != first
 
@@ -112,11 +116,13 @@ def test_guest_digest_is_stable_and_follows_the_files(monkeypatch: pytest.Monkey
 def test_pyro_archive_carries_the_guest_files(read_newc: Reader) -> None:
     archive = read_newc(initramfs.pyro_archive())
     files = initramfs.guest_files()
-    assert archive.names() == ["pyro", "pyro/agent", *sorted(files)]
+    folders = ["pyro", "pyro/lib", "pyro/lib/pyro_mcp", "pyro/lib/pyro_mcp/agent"]
+    folders.append("pyro/lib/pyro_mcp/protocol")
+    assert archive.names() == [*folders, *sorted(files)]
     for name, data in files.items():
         assert archive.get(name).data == data
     assert stat.S_IMODE(archive.get("init").mode) == 0o755
-    assert stat.S_IMODE(archive.get("pyro/agent/agent.py").mode) == 0o644
+    assert stat.S_IMODE(archive.get("pyro/lib/pyro_mcp/agent/server.py").mode) == 0o644
 
 
 def test_base_archive_holds_busybox_modules_and_their_order(
@@ -147,7 +153,7 @@ def test_base_and_pyro_parts_concatenate(read_newc: Reader, tmp_path: Path) -> N
     blob = initramfs.base_archive(busybox, []) + initramfs.pyro_archive()
     archive = read_newc(blob)
     assert archive.trailers == 2
-    assert {"bin/busybox", "init", "pyro/agent/agent.py"} <= set(archive.names())
+    assert {"bin/busybox", "init", "pyro/lib/pyro_mcp/agent/server.py"} <= set(archive.names())
     digest = hashlib.sha256(blob).hexdigest()
     again = initramfs.base_archive(busybox, []) + initramfs.pyro_archive()
     assert hashlib.sha256(again).hexdigest() == digest

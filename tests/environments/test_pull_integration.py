@@ -99,8 +99,8 @@ def test_the_initramfs_holds_init_busybox_modules_and_agent(
         "init",
         "bin/busybox",
         "lib/modules/order",
-        "pyro/agent/agent.py",
-        "pyro/agent/protocol.py",
+        "pyro/lib/pyro_mcp/agent/__main__.py",
+        "pyro/lib/pyro_mcp/protocol/frames.py",
     ):
         assert needed in names, needed
     assert archive.trailers == 2  # the base part and the pyro part
@@ -186,7 +186,8 @@ def test_a_corrupted_initramfs_in_a_copy_is_caught_and_rebuilt(
     assert sha256_file(artifact(built_debian12, "initramfs")) == digest
 
 
-def test_the_doctor_on_the_built_kernel(built_debian12: Any) -> None:
+def test_the_doctor_on_the_built_kernel(built_debian12: Any, leak_guard: Any) -> None:
+    # The boot probes start QEMU below this process; leak_guard proves each one ended.
     report = built_debian12.pyro().doctor()
     json.dumps(report)
     assert report["backend"]["selected"] in {"firecracker", "qemu-kvm", "qemu-tcg", None}

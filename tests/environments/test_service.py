@@ -209,7 +209,12 @@ def test_the_initramfs_is_base_plus_guest_files(
     archive = read_newc(Path(result["initramfs_image"]).read_bytes())
     assert archive.trailers == 2
     names = archive.names()
-    assert {"bin/busybox", "init", "pyro/agent/agent.py", "pyro/agent/protocol.py"} <= set(names)
+    assert {
+        "bin/busybox",
+        "init",
+        "pyro/lib/pyro_mcp/agent/server.py",
+        "pyro/lib/pyro_mcp/protocol/frames.py",
+    } <= set(names)
     order = archive.get("lib/modules/order").data.decode().split()
     assert order[0] == "virtio_ring"
     assert set(order) == {*kernel.GUEST_MODULES, "virtio_ring"}
@@ -413,7 +418,7 @@ def test_an_agent_change_rebuilds_only_the_initramfs(
     service: EnvironmentService, fake: FakeDebian, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = service.pull("debian:12")["install_manifest"]
-    new_files = {**initramfs.guest_files(), "pyro/agent/agent.py": b"# agent v2\n"}
+    new_files = {**initramfs.guest_files(), "pyro/lib/pyro_mcp/agent/server.py": b"# agent v2\n"}
     monkeypatch.setattr(initramfs, "guest_files", lambda: new_files)
     assert initramfs.guest_digest() != first["guest_digest"]
 

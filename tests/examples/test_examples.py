@@ -58,7 +58,7 @@ def run_example(name: str, cache_dir: Path) -> str:
         timeout=900,  # QEMU TCG on a shared CPU is slow; a workspace boots twice
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    # The examples clean up after themselves: no VM or workspace may be left behind.
+    # The examples clean up after themselves; leak_guard proves nothing is left running.
     state = Path(os.environ["PYRO_STATE_DIR"])
     left = [str(p) for top in ("vms", "workspaces") for p in (state / top).rglob("*")]
     assert left == []
@@ -67,7 +67,7 @@ def run_example(name: str, cache_dir: Path) -> str:
 
 @pytest.mark.integration
 @pytest.mark.vm
-def test_python_run(built_debian12: Any) -> None:
+def test_python_run(built_debian12: Any, leak_guard: Any) -> None:
     out = run_example("python_run.py", built_debian12.cache_dir)
     assert "git version" in out
     assert "exit_code:      0" in out
@@ -75,7 +75,7 @@ def test_python_run(built_debian12: Any) -> None:
 
 @pytest.mark.integration
 @pytest.mark.vm
-def test_python_lifecycle(built_debian12: Any) -> None:
+def test_python_lifecycle(built_debian12: Any, leak_guard: Any) -> None:
     out = run_example("python_lifecycle.py", built_debian12.cache_dir)
     assert "state=started" in out
     assert "git version" in out
@@ -84,7 +84,7 @@ def test_python_lifecycle(built_debian12: Any) -> None:
 
 @pytest.mark.integration
 @pytest.mark.vm
-def test_python_workspace(built_debian12: Any) -> None:
+def test_python_workspace(built_debian12: Any, leak_guard: Any) -> None:
     out = run_example("python_workspace.py", built_debian12.cache_dir)
     assert "exec #1: hello from linux" in out
     assert "exec #2: patched hello from linux" in out

@@ -22,7 +22,7 @@ from pyro_mcp import paths
 from pyro_mcp.state.store import StateStore
 
 if TYPE_CHECKING:
-    from vm_leaks import LeakGuard
+    from framework.vm_leaks import LeakGuard
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 

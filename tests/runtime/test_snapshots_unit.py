@@ -21,8 +21,8 @@ import pytest
 from pyro_mcp.environments import catalog
 from pyro_mcp.environments.service import InstalledEnvironment
 from pyro_mcp.errors import PyroTimeoutError
-from pyro_mcp.guest import protocol
 from pyro_mcp.host import tools
+from pyro_mcp.protocol import frames
 from pyro_mcp.runtime import snapshots
 from pyro_mcp.runtime.backends import BackendChoice
 from pyro_mcp.runtime.snapshots import SnapshotCache, key_digest, snapshot_key
@@ -78,7 +78,7 @@ def _patched(target: Any, name: str, value: Any) -> Callable[[pytest.MonkeyPatch
 
 VARIATIONS |= {
     "schema": _patched(snapshots, "SCHEMA", snapshots.SCHEMA + 1),
-    "agent_version": _patched(protocol, "AGENT_VERSION", protocol.AGENT_VERSION + "+next"),
+    "agent_version": _patched(frames, "AGENT_VERSION", frames.AGENT_VERSION + "+next"),
     "host_cpu": _patched(snapshots, "_cpu_model", lambda: "Another CPU @ 1.00GHz"),
     "host_kernel": _patched(platform, "release", lambda: "0.0.0-other"),
     # The guest's TSC rate is part of the command line a TCG template booted with.

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pyro_mcp.errors import NotFoundError, WrongStateError
-from pyro_mcp.guest import protocol
 from pyro_mcp.host.process import ProcessRef
+from pyro_mcp.protocol import ops
 from pyro_mcp.sdk import Pyro
 from pyro_mcp.state.store import StateStore
 
 if TYPE_CHECKING:
-    from vm_leaks import LeakGuard
+    from framework.vm_leaks import LeakGuard
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
@@ -109,7 +109,7 @@ def test_huge_output_is_capped_at_one_mib_and_flagged(vm_pyro: Pyro) -> None:
     )
     check_exec_result(result)
     assert result["exit_code"] == 0
-    assert result["stdout"] == "a" * protocol.DEFAULT_MAX_OUTPUT
+    assert result["stdout"] == "a" * ops.DEFAULT_MAX_OUTPUT
     assert result["stdout_truncated"] is True
     assert (result["stderr"], result["stderr_truncated"]) == ("done\n", False)
 

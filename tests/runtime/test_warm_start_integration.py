@@ -24,15 +24,15 @@ import pytest
 
 from pyro_mcp.environments.store import write_json_atomic
 from pyro_mcp.errors import NotFoundError
-from pyro_mcp.guest import protocol
 from pyro_mcp.host.process import ProcessRef
+from pyro_mcp.protocol import frames
 from pyro_mcp.runtime import backends, launch, snapshots, standby
 from pyro_mcp.runtime.snapshots import SnapshotCache, key_digest, snapshot_key
 from pyro_mcp.runtime.vms import DISK_FILE, VmService
 from pyro_mcp.sdk import Pyro
 
 if TYPE_CHECKING:
-    from vm_leaks import LeakGuard
+    from framework.vm_leaks import LeakGuard
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
@@ -297,7 +297,7 @@ def test_the_snapshot_is_made_once_reused_verified_and_rebuilt(
 
     # Another key (a new agent version): another snapshot; the old one stays as it is.
     with monkeypatch.context() as patch:
-        patch.setattr(protocol, "AGENT_VERSION", protocol.AGENT_VERSION + "+test")
+        patch.setattr(frames, "AGENT_VERSION", frames.AGENT_VERSION + "+test")
         other_key = key_for(svc)
         assert key_digest(other_key) != key_digest(key)
         vm_id = start(svc)

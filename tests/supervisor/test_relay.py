@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from pyro_mcp.guest import protocol
-from pyro_mcp.guest.protocol import Frame, FrameReader
+from pyro_mcp.protocol import frames
+from pyro_mcp.protocol.frames import Frame, FrameReader
 from pyro_mcp.supervisor.relay import LOCAL_OPS, Relay
 
 WAIT = 10.0
-AGENT_INFO = {"protocol": protocol.PROTOCOL_VERSION, "agent_version": "test", "ops": ["exec"]}
+AGENT_INFO = {"protocol": frames.PROTOCOL_VERSION, "agent_version": "test", "ops": ["exec"]}
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:
@@ -39,7 +39,7 @@ class Peer:
         self.reader = FrameReader(sock)
 
     def send(self, header: dict[str, Any], body: bytes = b"") -> None:
-        self.sock.sendall(protocol.encode_frame(header, body))
+        self.sock.sendall(frames.encode_frame(header, body))
 
     def read(self) -> Frame:
         frame = self.reader.read_frame()
@@ -62,7 +62,7 @@ class Peer:
         return not data
 
     def hello(self, rid: int = 1) -> dict[str, Any]:
-        self.send(protocol.req_header(rid, "hello", {"protocol": protocol.PROTOCOL_VERSION}))
+        self.send(frames.req_header(rid, "hello", {"protocol": frames.PROTOCOL_VERSION}))
         frame = self.read()
         assert frame.id == rid and frame.header["ok"], frame.header
         result: dict[str, Any] = frame.header["result"]
@@ -113,13 +113,13 @@ def harness() -> Iterator[Harness]:
 
 
 def exec_req(rid: int, command: str) -> dict[str, Any]:
-    return protocol.req_header(rid, "exec", {"command": command, "timeout": 5})
+    return frames.req_header(rid, "exec", {"command": command, "timeout": 5})
 
 
 def test_hello_is_answered_locally_with_the_agents_and_the_local_ops(harness: Harness) -> None:
     client = harness.client()
     result = client.hello(rid=7)
-    assert result["protocol"] == protocol.PROTOCOL_VERSION
+    assert result["protocol"] == frames.PROTOCOL_VERSION
     assert result["agent_version"] == "test"
     assert set(result["ops"]) == {"exec", *LOCAL_OPS}
     assert harness.guest.nothing_pending()  # the guest never saw the hello
@@ -130,21 +130,21 @@ def test_requests_before_hello_are_refused_and_never_reach_the_guest(harness: Ha
     client.send(exec_req(3, "true"))
     frame = client.read()
     assert frame.id == 3 and frame.header["ok"] is False
-    assert frame.header["error"]["code"] == protocol.ERR_HANDSHAKE_REQUIRED
-    client.send(protocol.req_header(4, "vm.status"))
+    assert frame.header["error"]["code"] == frames.ERR_HANDSHAKE_REQUIRED
+    client.send(frames.req_header(4, "vm.status"))
     frame = client.read()
-    assert frame.header["error"]["code"] == protocol.ERR_HANDSHAKE_REQUIRED
+    assert frame.header["error"]["code"] == frames.ERR_HANDSHAKE_REQUIRED
     assert harness.local_calls == []
     assert harness.guest.nothing_pending()
 
 
 def test_a_hello_with_another_protocol_version_is_refused(harness: Harness) -> None:
     client = harness.client()
-    client.send(protocol.req_header(1, "hello", {"protocol": protocol.PROTOCOL_VERSION + 1}))
+    client.send(frames.req_header(1, "hello", {"protocol": frames.PROTOCOL_VERSION + 1}))
     frame = client.read()
-    assert frame.header["error"]["code"] == protocol.ERR_VERSION_MISMATCH
+    assert frame.header["error"]["code"] == frames.ERR_VERSION_MISMATCH
     client.send(exec_req(2, "true"))  # still not greeted
-    assert client.read().header["error"]["code"] == protocol.ERR_HANDSHAKE_REQUIRED
+    assert client.read().header["error"]["code"] == frames.ERR_HANDSHAKE_REQUIRED
 
 
 def test_client_ids_are_remapped_and_answers_go_back_to_the_client_that_asked(
@@ -164,10 +164,10 @@ def test_client_ids_are_remapped_and_answers_go_back_to_the_client_that_asked(
     assert first.id != second.id
 
     # Answer in the opposite order, with output frames first.
-    harness.guest.send(protocol.out_header(second.id, "stdout"), b"two\n")
-    harness.guest.send(protocol.ok_header(second.id, {"exit_code": 2}))
-    harness.guest.send(protocol.out_header(first.id, "stderr"), b"one\n")
-    harness.guest.send(protocol.ok_header(first.id, {"exit_code": 1}))
+    harness.guest.send(frames.out_header(second.id, "stdout"), b"two\n")
+    harness.guest.send(frames.ok_header(second.id, {"exit_code": 2}))
+    harness.guest.send(frames.out_header(first.id, "stderr"), b"one\n")
+    harness.guest.send(frames.ok_header(first.id, {"exit_code": 1}))
 
     out = two.read()
     assert (out.id, out.type, out.header["stream"], out.body) == (5, "out", "stdout", b"two\n")
@@ -185,11 +185,11 @@ def test_a_guest_frame_for_a_finished_or_unknown_id_is_dropped(harness: Harness)
     client.hello()
     client.send(exec_req(1, "true"))
     forwarded = harness.guest.read()
-    harness.guest.send(protocol.ok_header(forwarded.id, {"exit_code": 0}))
+    harness.guest.send(frames.ok_header(forwarded.id, {"exit_code": 0}))
     assert client.read().header["result"] == {"exit_code": 0}
     # A second answer for the same id and one for an id nobody used go nowhere.
-    harness.guest.send(protocol.ok_header(forwarded.id, {"exit_code": 9}))
-    harness.guest.send(protocol.ok_header(forwarded.id + 100, {"exit_code": 9}))
+    harness.guest.send(frames.ok_header(forwarded.id, {"exit_code": 9}))
+    harness.guest.send(frames.ok_header(forwarded.id + 100, {"exit_code": 9}))
     assert client.nothing_pending()
     assert harness.lost == []  # and the guest channel stays up
 
@@ -202,16 +202,16 @@ def test_cancel_is_forwarded_with_the_guest_side_id(harness: Harness) -> None:
     other = harness.guest.read()
     one.send(exec_req(9, "sleep 100"))
     mine = harness.guest.read()
-    one.send(protocol.cancel_header(9))
+    one.send(frames.cancel_header(9))
     cancel = harness.guest.read()
-    assert (cancel.type, cancel.id) == (protocol.CANCEL, mine.id)
+    assert (cancel.type, cancel.id) == (frames.CANCEL, mine.id)
     assert cancel.id != other.id
     # The agent answers the cancelled request; the client still gets its result.
-    harness.guest.send(protocol.ok_header(mine.id, {"cancelled": True}))
+    harness.guest.send(frames.ok_header(mine.id, {"cancelled": True}))
     res = one.read()
     assert (res.id, res.header["result"]) == (9, {"cancelled": True})
     # A cancel for an id that has no request in flight sends nothing.
-    one.send(protocol.cancel_header(42))
+    one.send(frames.cancel_header(42))
     assert harness.guest.nothing_pending()
 
 
@@ -220,24 +220,24 @@ def test_input_frames_are_forwarded_with_the_guest_side_id(harness: Harness) -> 
     one.hello()
     two.hello()
     # Both clients stream input to their own request 3 at once.
-    one.send(protocol.req_header(3, "file.write", {"path": "a"}))
+    one.send(frames.req_header(3, "file.write", {"path": "a"}))
     first = harness.guest.read()
-    two.send(protocol.req_header(3, "file.write", {"path": "b"}))
+    two.send(frames.req_header(3, "file.write", {"path": "b"}))
     second = harness.guest.read()
-    one.send(protocol.in_header(3), b"for a")
-    two.send(protocol.in_header(3), b"for b")
-    one.send(protocol.in_header(3))
+    one.send(frames.in_header(3), b"for a")
+    two.send(frames.in_header(3), b"for b")
+    one.send(frames.in_header(3))
     got = [harness.guest.read() for _ in range(3)]
-    assert all(f.type == protocol.IN for f in got)
+    assert all(f.type == frames.IN for f in got)
     # Two clients' frames interleave in any order; one request's input keeps its order.
     assert [f.body for f in got if f.id == first.id] == [b"for a", b""]  # b"": end of input
     assert [f.body for f in got if f.id == second.id] == [b"for b"]
-    harness.guest.send(protocol.ok_header(first.id, {"bytes_written": 5}))
+    harness.guest.send(frames.ok_header(first.id, {"bytes_written": 5}))
     res = one.read()
     assert (res.id, res.header["result"]) == (3, {"bytes_written": 5})
     # Input for a request that has ended, or that never existed, goes nowhere.
-    one.send(protocol.in_header(3), b"late")
-    one.send(protocol.in_header(77), b"stray")
+    one.send(frames.in_header(3), b"late")
+    one.send(frames.in_header(77), b"stray")
     assert harness.guest.nothing_pending()
     assert harness.lost == []
 
@@ -259,8 +259,8 @@ def test_a_disconnecting_client_has_its_requests_cancelled(harness: Harness) -> 
     assert harness.guest.nothing_pending()  # the other client's request is not cancelled
 
     # Late answers for the abandoned requests are dropped; the other client is unaffected.
-    harness.guest.send(protocol.ok_header(a.id, {"exit_code": 137}))
-    harness.guest.send(protocol.ok_header(kept.id, {"exit_code": 0}))
+    harness.guest.send(frames.ok_header(a.id, {"exit_code": 137}))
+    harness.guest.send(frames.ok_header(kept.id, {"exit_code": 0}))
     res = staying.read()
     assert (res.id, res.header["result"]) == (1, {"exit_code": 0})
     assert staying.nothing_pending()
@@ -269,12 +269,12 @@ def test_a_disconnecting_client_has_its_requests_cancelled(harness: Harness) -> 
 def test_local_ops_run_in_the_supervisor_and_their_failures_are_errors(harness: Harness) -> None:
     client = harness.client()
     client.hello()
-    client.send(protocol.req_header(2, "vm.status", {"x": 1}))
+    client.send(frames.req_header(2, "vm.status", {"x": 1}))
     res = client.read()
     assert (res.id, res.header["result"]) == (2, {"op": "vm.status"})
-    client.send(protocol.req_header(3, "vm.shutdown", {"explode": True}))
+    client.send(frames.req_header(3, "vm.shutdown", {"explode": True}))
     res = client.read()
-    assert res.id == 3 and res.header["error"]["code"] == protocol.ERR_INTERNAL
+    assert res.id == 3 and res.header["error"]["code"] == frames.ERR_INTERNAL
     assert "local op failed" in res.header["error"]["message"]
     assert harness.local_calls == [("vm.status", {"x": 1}), ("vm.shutdown", {"explode": True})]
     assert harness.guest.nothing_pending()
@@ -283,9 +283,9 @@ def test_local_ops_run_in_the_supervisor_and_their_failures_are_errors(harness: 
 def test_clients_may_only_send_requests_input_and_cancels(harness: Harness) -> None:
     client = harness.client()
     client.hello()
-    client.send(protocol.ok_header(4, {}))
+    client.send(frames.ok_header(4, {}))
     res = client.read()
-    assert res.id == 4 and res.header["error"]["code"] == protocol.ERR_PROTOCOL
+    assert res.id == 4 and res.header["error"]["code"] == frames.ERR_PROTOCOL
     assert harness.guest.nothing_pending()
 
 
@@ -297,10 +297,10 @@ def test_a_malformed_client_frame_drops_only_that_client(harness: Harness) -> No
     forwarded = harness.guest.read()
     bad.sock.sendall(b"\x00\x00\x00\x02\x00\x00\x00\x00{]")  # a header that is not JSON
     res = bad.read()
-    assert res.id == 0 and res.header["error"]["code"] == protocol.ERR_PROTOCOL
+    assert res.id == 0 and res.header["error"]["code"] == frames.ERR_PROTOCOL
     bad.read_eof()
     cancel = harness.guest.read()
-    assert (cancel.type, cancel.id) == (protocol.CANCEL, forwarded.id)
+    assert (cancel.type, cancel.id) == (frames.CANCEL, forwarded.id)
     good.send(exec_req(1, "true"))
     assert harness.guest.read().header["params"]["command"] == "true"
     assert harness.relay.client_count() == 1

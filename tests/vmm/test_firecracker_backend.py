@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from pyro_mcp.agent_client.client import GuestClient
 from pyro_mcp.errors import (
     GuestError,
     HostRequirementError,
@@ -37,7 +38,6 @@ from pyro_mcp.errors import (
     PyroTimeoutError,
     VmmError,
 )
-from pyro_mcp.guest.client import GuestClient
 from pyro_mcp.vmm import firecracker as fc
 from pyro_mcp.vmm.base import VmSpec
 from pyro_mcp.vmm.boot_args import boot_args

@@ -6,7 +6,6 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from pyro_mcp import __version__
 from pyro_mcp.cli import doctor as doctor_cmd
 from pyro_mcp.cli import env as env_cmd
 from pyro_mcp.cli import mcp as mcp_cmd
@@ -15,6 +14,7 @@ from pyro_mcp.cli import runtime as runtime_cmd
 from pyro_mcp.cli import workspace as workspace_cmd
 from pyro_mcp.cli.output import EXIT_ERROR, EXIT_USAGE, report_error
 from pyro_mcp.errors import PyroError, SystemFault
+from pyro_mcp.version import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 

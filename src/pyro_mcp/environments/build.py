@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from pyro_mcp import __version__
 from pyro_mcp.environments import catalog, debian, initramfs, kernel, rootfs
 from pyro_mcp.environments.store import MANIFEST_SCHEMA, EnvironmentStore, now_iso
 from pyro_mcp.errors import BuildError, IntegrityError
 from pyro_mcp.host import tools
+from pyro_mcp.version import __version__
 
 PHASES = ("kernel", "rootfs", "image", "initramfs", "install")
 

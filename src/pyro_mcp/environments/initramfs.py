@@ -80,18 +80,21 @@ def base_archive(busybox: Path, modules: list[KernelModule]) -> bytes:
     return write_cpio(entries)
 
 
-# Host-side modules of the guest package never go into a VM: they are the client*.py ones.
-def _host_only(name: str) -> bool:
-    return name == "__init__.py" or name.startswith("client")
+# What runs in the guest: these two packages, whole, and nothing else of pyro_mcp. They import
+# only the standard library and each other (import-linter checks it), so nothing more is needed.
+GUEST_PACKAGES = ("pyro_mcp.agent", "pyro_mcp.protocol")
+GUEST_LIB = "pyro/lib"
 
 
 def guest_files() -> dict[str, bytes]:
-    """The init and every guest-side agent module, by their path in the initramfs."""
-    guest = resources.files("pyro_mcp.guest")
-    files = {"init": guest.joinpath("init.sh").read_bytes()}
-    for entry in sorted(guest.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".py") and not _host_only(entry.name):
-            files[f"pyro/agent/{entry.name}"] = entry.read_bytes()
+    """The init and every module of the guest packages, by their path in the initramfs."""
+    files = {"init": resources.files("pyro_mcp.agent").joinpath("init.sh").read_bytes()}
+    for package in GUEST_PACKAGES:
+        folder = resources.files(package)
+        prefix = f"{GUEST_LIB}/{package.replace('.', '/')}"
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".py"):
+                files[f"{prefix}/{entry.name}"] = entry.read_bytes()
     return files
 
 
@@ -104,7 +107,10 @@ def guest_digest() -> str:
 
 
 def pyro_archive() -> bytes:
-    entries = [directory("pyro"), directory("pyro/agent")]
-    for name, data in sorted(guest_files().items()):
+    files = guest_files()
+    folders = {str(Path(name).parent) for name in files} - {"."}
+    parents = {str(p) for folder in folders for p in Path(folder).parents} - {"."}
+    entries = [directory(d) for d in sorted(folders | parents)]
+    for name, data in sorted(files.items()):
         entries.append(file(name, data, 0o755 if name == "init" else 0o644))
     return write_cpio(entries)

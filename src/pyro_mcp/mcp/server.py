@@ -10,10 +10,10 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from pyro_mcp import __version__
 from pyro_mcp.errors import InvalidArgumentError
 from pyro_mcp.mcp.roots import Roots, default_roots
 from pyro_mcp.mcp.tools import PyroTools
+from pyro_mcp.version import __version__
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
@@ -45,18 +45,23 @@ INSTRUCTIONS = (
 
 
 def create_server(
-    pyro: Pyro,
+    pyro: Pyro | None = None,
     *,
     profile: str = DEFAULT_PROFILE,
     allowed_roots: Iterable[str | os.PathLike[str]] | None = None,
 ) -> MCPServer:
-    """An MCPServer offering `profile`'s tools; host paths must lie in `allowed_roots`
-    (default: the current working directory, unless that is `/`)."""
+    """An MCPServer offering `profile`'s tools for `pyro` (default: a new Pyro()); host paths
+    must lie in `allowed_roots` (default: the current working directory, unless that is `/`)."""
     if profile not in PROFILES:
         raise InvalidArgumentError(
             f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}"
         )
     from mcp.server.mcpserver import MCPServer
+
+    if pyro is None:
+        from pyro_mcp.sdk import Pyro
+
+        pyro = Pyro()
 
     roots = Roots(allowed_roots) if allowed_roots is not None else default_roots(os.getcwd(), [])
     server: MCPServer = MCPServer(

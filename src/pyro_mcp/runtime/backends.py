@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from pyro_mcp.environments.service import InstalledEnvironment
 from pyro_mcp.errors import HostRequirementError, InvalidArgumentError
-from pyro_mcp.host import probe, tools
+from pyro_mcp.host import tools
+from pyro_mcp.runtime import probe
 
 BACKEND_ENV = "PYRO_BACKEND"
 CHOICES = ("auto", "qemu", "qemu-kvm", "qemu-tcg", "firecracker")

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pyro_mcp.agent_client.client import GuestClient
 from pyro_mcp.errors import GuestError, PyroTimeoutError, VmmError
-from pyro_mcp.guest.client import GuestClient
 from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.supervisor.config import CONFIG_FILE, LOG, SOCKET, SupervisorConfig
 

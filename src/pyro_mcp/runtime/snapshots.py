@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import paths
+from pyro_mcp.agent_client.client import GuestClient
 from pyro_mcp.environments.blobs import BlobStore, remove_tree, sparse_sha256
 from pyro_mcp.environments.service import InstalledEnvironment
 from pyro_mcp.environments.store import now_iso, write_json_atomic
 from pyro_mcp.errors import IntegrityError, PyroError
-from pyro_mcp.guest import protocol
-from pyro_mcp.guest.client import GuestClient
 from pyro_mcp.host import tools
+from pyro_mcp.protocol import frames
 from pyro_mcp.runtime.backends import BackendChoice
 from pyro_mcp.vmm.base import Backend, Snapshot, VmSpec
 from pyro_mcp.vmm.boot_args import boot_args
@@ -85,7 +85,7 @@ def snapshot_key(
         "vcpu_count": vcpu_count,
         "mem_mib": mem_mib,
         "disk_mib": disk_mib,
-        "agent_version": protocol.AGENT_VERSION,
+        "agent_version": frames.AGENT_VERSION,
         "boot_args": boot_args(choice.accel),
         "host_cpu": _cpu_model(),
         "host_kernel": platform.release(),
@@ -198,7 +198,7 @@ def is_current(key: dict[str, Any], artifacts: set[tuple[str, str, str]]) -> boo
     return (
         key.get("schema") == SCHEMA
         and built_from in artifacts
-        and key.get("agent_version") == protocol.AGENT_VERSION
+        and key.get("agent_version") == frames.AGENT_VERSION
         and key.get("boot_args") == boot_args(str(key.get("accel")))
         and key.get("host_kernel") == platform.release()
     )

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import paths
+from pyro_mcp.agent_client.client import ExecResult
 from pyro_mcp.environments.service import EnvironmentService, InstalledEnvironment
 from pyro_mcp.errors import InvalidArgumentError, NotFoundError, PyroError, WrongStateError
-from pyro_mcp.guest.client import ExecResult
 from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.runtime import backends, launch, standby
 from pyro_mcp.runtime.snapshots import SnapshotCache, snapshot_key

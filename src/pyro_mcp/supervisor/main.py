@@ -26,9 +26,9 @@ from typing import Any
 
 from pyro_mcp.environments.blobs import remove_tree
 from pyro_mcp.errors import GuestError, PyroError, PyroTimeoutError, VmmError
-from pyro_mcp.guest import protocol
 from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.host.unix import bind_unix
+from pyro_mcp.protocol import frames
 from pyro_mcp.state import workspaces
 from pyro_mcp.state.store import StateStore
 from pyro_mcp.supervisor.config import CONSOLE_LOG, LOG, SOCKET, SupervisorConfig
@@ -148,7 +148,7 @@ class Supervisor:
 
     def _start(
         self, *, restore: bool, timeout: float
-    ) -> tuple[socket.socket, dict[str, Any], protocol.FrameReader]:
+    ) -> tuple[socket.socket, dict[str, Any], frames.FrameReader]:
         deadline = time.monotonic() + timeout
         console = self.spec.vm_dir / CONSOLE_LOG
         if restore:
@@ -187,18 +187,16 @@ class Supervisor:
 
     def _handshake(
         self, sock: socket.socket, deadline: float
-    ) -> tuple[dict[str, Any], protocol.FrameReader]:
+    ) -> tuple[dict[str, Any], frames.FrameReader]:
         """hello + identity as raw frames; the same reader then passes to the relay."""
-        reader = protocol.FrameReader(sock)
+        reader = frames.FrameReader(sock)
         sock.sendall(
-            protocol.encode_frame(
-                protocol.req_header(1, "hello", {"protocol": protocol.PROTOCOL_VERSION})
+            frames.encode_frame(
+                frames.req_header(1, "hello", {"protocol": frames.PROTOCOL_VERSION})
             )
         )
         info = self._await_result(sock, reader, 1, deadline)
-        if info.get("protocol") != protocol.PROTOCOL_VERSION or not isinstance(
-            info.get("ops"), list
-        ):
+        if info.get("protocol") != frames.PROTOCOL_VERSION or not isinstance(info.get("ops"), list):
             raise GuestError(f"the guest agent answered hello with {info!r}")
         identity = {
             "hostname": self.spec.hostname,
@@ -206,14 +204,14 @@ class Supervisor:
             "time_ns": time.time_ns(),
             "entropy": base64.b64encode(os.urandom(64)).decode(),
         }
-        sock.sendall(protocol.encode_frame(protocol.req_header(2, "configure", identity)))
+        sock.sendall(frames.encode_frame(frames.req_header(2, "configure", identity)))
         self._await_result(sock, reader, 2, deadline)
         if self.config.standby:
             # A restored guest translates its code anew; pay for the exec path now, not
             # when the VM is claimed.
             warm = {"argv": ["true"], "timeout": 30}
             for rid in (3, 4, 5):  # the first exec translates most, later ones the rest
-                sock.sendall(protocol.encode_frame(protocol.req_header(rid, "exec", warm)))
+                sock.sendall(frames.encode_frame(frames.req_header(rid, "exec", warm)))
                 self._await_result(sock, reader, rid, deadline)
         agent = {
             "protocol": info["protocol"],
@@ -223,7 +221,7 @@ class Supervisor:
         return agent, reader
 
     def _await_result(
-        self, sock: socket.socket, reader: protocol.FrameReader, rid: int, deadline: float
+        self, sock: socket.socket, reader: frames.FrameReader, rid: int, deadline: float
     ) -> dict[str, Any]:
         """The result of request `rid`; stops early when the VMM dies, a stop is requested
         (a signal during the boot) or time runs out."""
@@ -244,7 +242,7 @@ class Supervisor:
             frame = reader.read_frame()
             if frame is None:
                 raise GuestError("the guest agent closed its channel during boot")
-            if frame.id == rid and frame.type == protocol.RES:
+            if frame.id == rid and frame.type == frames.RES:
                 if not frame.header.get("ok"):
                     raise GuestError(f"guest agent refused boot request: {frame.header}")
                 result = frame.header.get("result")

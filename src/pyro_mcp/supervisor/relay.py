@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pyro_mcp.guest import protocol
+from pyro_mcp.protocol import frames
 
 log = logging.getLogger("pyro.supervisor")
 
@@ -34,7 +34,7 @@ class _Conn:
         self._lock = threading.Lock()
 
     def send(self, header: dict[str, Any], body: bytes = b"") -> bool:
-        data = protocol.encode_frame(header, body)
+        data = frames.encode_frame(header, body)
         with self._lock:
             try:
                 self.sock.sendall(data)
@@ -65,21 +65,21 @@ class Relay:
 
     # --- guest side ------------------------------------------------------------------------
 
-    def run_guest_reader(self, reader: protocol.FrameReader) -> None:
+    def run_guest_reader(self, reader: frames.FrameReader) -> None:
         """Forward guest frames until the channel ends; then fail every client."""
         reason = "guest agent connection closed"
         try:
             while (frame := reader.read_frame()) is not None:
                 self._from_guest(frame)
-        except (protocol.FrameError, OSError) as exc:
+        except (frames.FrameError, OSError) as exc:
             reason = f"guest agent channel broken: {exc}"
         self.close_clients()
         self.on_guest_lost(reason)
 
-    def _from_guest(self, frame: protocol.Frame) -> None:
+    def _from_guest(self, frame: frames.Frame) -> None:
         with self._lock:
             route = self._routes.get(frame.id)
-            if route is not None and frame.type == protocol.RES:
+            if route is not None and frame.type == frames.RES:
                 del self._routes[frame.id]
         if route is None:
             log.debug("dropping guest frame for unknown id %s", frame.id)
@@ -94,26 +94,26 @@ class Relay:
         conn = _Conn(sock)
         with self._lock:
             self._clients.add(conn)
-        reader = protocol.FrameReader(sock)
+        reader = frames.FrameReader(sock)
         greeted = False
         try:
             while (frame := reader.read_frame()) is not None:
                 greeted = self._from_client(conn, frame, greeted)
-        except (protocol.FrameError, OSError) as exc:
-            conn.send(protocol.error_header(0, protocol.ERR_PROTOCOL, str(exc)))
+        except (frames.FrameError, OSError) as exc:
+            conn.send(frames.error_header(0, frames.ERR_PROTOCOL, str(exc)))
         finally:
             self._drop_client(conn)
 
-    def _from_client(self, conn: _Conn, frame: protocol.Frame, greeted: bool) -> bool:
-        if frame.type == protocol.CANCEL:
+    def _from_client(self, conn: _Conn, frame: frames.Frame, greeted: bool) -> bool:
+        if frame.type == frames.CANCEL:
             self._cancel(conn, frame.id)
             return greeted
-        if frame.type == protocol.IN:
+        if frame.type == frames.IN:
             self._input(conn, frame)
             return greeted
-        if frame.type != protocol.REQ:
+        if frame.type != frames.REQ:
             message = "clients send req, in and cancel frames"
-            conn.send(protocol.error_header(frame.id, protocol.ERR_PROTOCOL, message))
+            conn.send(frames.error_header(frame.id, frames.ERR_PROTOCOL, message))
             return greeted
         op = str(frame.header.get("op"))
         params = frame.header.get("params") or {}
@@ -121,7 +121,7 @@ class Relay:
             return self._hello(conn, frame.id, params)
         if not greeted:
             message = "send hello first"
-            conn.send(protocol.error_header(frame.id, protocol.ERR_HANDSHAKE_REQUIRED, message))
+            conn.send(frames.error_header(frame.id, frames.ERR_HANDSHAKE_REQUIRED, message))
             return False
         if op in LOCAL_OPS:
             self._local(conn, frame.id, op, params)
@@ -130,24 +130,24 @@ class Relay:
         return True
 
     def _hello(self, conn: _Conn, rid: int, params: dict[str, Any]) -> bool:
-        if params.get("protocol") != protocol.PROTOCOL_VERSION:
-            message = f"supervisor speaks protocol {protocol.PROTOCOL_VERSION}"
-            conn.send(protocol.error_header(rid, protocol.ERR_VERSION_MISMATCH, message))
+        if params.get("protocol") != frames.PROTOCOL_VERSION:
+            message = f"supervisor speaks protocol {frames.PROTOCOL_VERSION}"
+            conn.send(frames.error_header(rid, frames.ERR_VERSION_MISMATCH, message))
             return False
         ops = sorted({*self.agent_info.get("ops", []), *LOCAL_OPS})
-        conn.send(protocol.ok_header(rid, {**self.agent_info, "ops": ops}))
+        conn.send(frames.ok_header(rid, {**self.agent_info, "ops": ops}))
         return True
 
     def _local(self, conn: _Conn, rid: int, op: str, params: dict[str, Any]) -> None:
         try:
             result = self.local_handler(op, params)
         except Exception as exc:  # a local op must never take the supervisor down
-            conn.send(protocol.error_header(rid, protocol.ERR_INTERNAL, str(exc)))
+            conn.send(frames.error_header(rid, frames.ERR_INTERNAL, str(exc)))
             return
-        conn.send(protocol.ok_header(rid, result))
+        conn.send(frames.ok_header(rid, result))
         self.after_local(op)
 
-    def _forward(self, conn: _Conn, frame: protocol.Frame) -> None:
+    def _forward(self, conn: _Conn, frame: frames.Frame) -> None:
         guest_id = next(self._ids)
         with self._lock:
             self._routes[guest_id] = (conn, frame.id)
@@ -155,7 +155,7 @@ class Relay:
             with self._lock:
                 self._routes.pop(guest_id, None)
             message = "the guest agent is not reachable"
-            conn.send(protocol.error_header(frame.id, protocol.ERR_INTERNAL, message))
+            conn.send(frames.error_header(frame.id, frames.ERR_INTERNAL, message))
 
     def _guest_ids(self, conn: _Conn, client_id: int) -> list[int]:
         with self._lock:
@@ -163,13 +163,13 @@ class Relay:
 
     def _cancel(self, conn: _Conn, client_id: int) -> None:
         for guest_id in self._guest_ids(conn, client_id):
-            self.guest.send(protocol.cancel_header(guest_id))
+            self.guest.send(frames.cancel_header(guest_id))
 
-    def _input(self, conn: _Conn, frame: protocol.Frame) -> None:
+    def _input(self, conn: _Conn, frame: frames.Frame) -> None:
         # Input for a request that already ended (or never existed) goes nowhere, as in the
         # agent: the client may still be streaming when an early error answered it.
         for guest_id in self._guest_ids(conn, frame.id):
-            self.guest.send(protocol.in_header(guest_id), frame.body)
+            self.guest.send(frames.in_header(guest_id), frame.body)
 
     def _drop_client(self, conn: _Conn) -> None:
         with self._lock:
@@ -178,7 +178,7 @@ class Relay:
             for guest_id in abandoned:
                 del self._routes[guest_id]
         for guest_id in abandoned:
-            self.guest.send(protocol.cancel_header(guest_id))
+            self.guest.send(frames.cancel_header(guest_id))
         conn.close()
 
     def close_clients(self) -> None:

@@ -27,10 +27,10 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
+from pyro_mcp.agent_client.client import connect_firecracker_vsock_socket
 from pyro_mcp.errors import HostRequirementError, InvalidArgumentError, PyroTimeoutError, VmmError
-from pyro_mcp.guest.client import connect_firecracker_vsock_socket
-from pyro_mcp.guest.protocol import AGENT_VSOCK_PORT
 from pyro_mcp.host.unix import connect_unix, unix_address
+from pyro_mcp.protocol.frames import AGENT_VSOCK_PORT
 from pyro_mcp.vmm.base import Snapshot, VmSpec, spawn_vmm
 from pyro_mcp.vmm.boot_args import boot_args
 from pyro_mcp.vmm.firecracker_binary import BIN_ENV, find_firecracker

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from pyro_mcp.errors import PyroTimeoutError, VmmError
-from pyro_mcp.guest.protocol import SERIAL_PORT_NAME
 from pyro_mcp.host import tools
 from pyro_mcp.host.unix import connect_when_ready
+from pyro_mcp.protocol.frames import SERIAL_PORT_NAME
 from pyro_mcp.vmm.base import Snapshot, VmSpec, spawn_vmm
 from pyro_mcp.vmm.boot_args import boot_args
 from pyro_mcp.vmm.qmp import Qmp

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from pyro_mcp import paths
+from pyro_mcp.agent_client.files import Manifest, ManifestEntry
 from pyro_mcp.errors import GuestError, IntegrityError
-from pyro_mcp.guest import protocol_files as pf
-from pyro_mcp.guest.client_files import Manifest, ManifestEntry
+from pyro_mcp.protocol import file_ops as pf
 from pyro_mcp.runtime.workspaces import diff
 from pyro_mcp.runtime.workspaces.diff import Baseline, Change
 

@@ -23,7 +23,7 @@ from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.sdk import Pyro
 
 if TYPE_CHECKING:
-    from vm_leaks import LeakGuard
+    from framework.vm_leaks import LeakGuard
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 

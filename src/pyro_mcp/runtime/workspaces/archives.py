@@ -1,7 +1,7 @@
 """Host side of workspace archives: seeds (a directory or tar file made into one checked, plain
 tar for the guest) and exports (a tar from the guest placed at a host path).
 
-A member must pass the guest's own extraction rules (agent_archive.check_archive): a seed the
+A member must pass the guest's own extraction rules (archives.check_archive): a seed the
 guest would refuse is refused before any VM is involved, and an export is trusted no more than
 the guest trusts a seed.
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from pyro_mcp import paths
+from pyro_mcp.agent import archives
 from pyro_mcp.errors import (
     ConflictError,
     GuestError,
@@ -32,7 +33,7 @@ from pyro_mcp.errors import (
     NotFoundError,
     PyroError,
 )
-from pyro_mcp.guest import agent_archive, protocol
+from pyro_mcp.protocol import frames
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 ARTIFACT_TYPES = ("file", "directory", "symlink")
@@ -65,8 +66,8 @@ class Exported:
 
 def _checked(members: Iterable[tarfile.TarInfo], hint: str) -> tuple[int, int]:
     try:
-        return agent_archive.check_archive(members)
-    except protocol.OpError as exc:
+        return archives.check_archive(members)
+    except frames.OpError as exc:
         raise InvalidArgumentError(str(exc), hint=hint) from None
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import paths
+from pyro_mcp.agent_client.files import Manifest, ManifestEntry
 from pyro_mcp.errors import GuestError, IntegrityError
-from pyro_mcp.guest.client_files import Manifest, ManifestEntry
 
 MAX_TEXT_BYTES = 1024 * 1024  # a file bigger than this on either side gets no text patch
 MAX_PATCH_BYTES = 8 * 1024 * 1024  # bound on the combined patch

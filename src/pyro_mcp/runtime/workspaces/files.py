@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pyro_mcp.agent_client.client import GuestClient
 from pyro_mcp.errors import InvalidArgumentError
-from pyro_mcp.guest import protocol_files as pf
-from pyro_mcp.guest.client import GuestClient
-from pyro_mcp.guest.protocol import ParamError
+from pyro_mcp.protocol import file_ops as pf
+from pyro_mcp.protocol.ops import ParamError
 from pyro_mcp.runtime import launch
 from pyro_mcp.runtime.workspaces import archives, diff, records
 from pyro_mcp.runtime.workspaces.service import BASELINE_MANIFEST, BASELINE_TAR, WorkspaceService

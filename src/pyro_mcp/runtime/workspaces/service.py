@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import paths
+from pyro_mcp.agent_client.files import ArchiveResult
 from pyro_mcp.errors import (
     GuestError,
     InvalidArgumentError,
@@ -24,7 +25,6 @@ from pyro_mcp.errors import (
     PyroError,
     WrongStateError,
 )
-from pyro_mcp.guest.client_files import ArchiveResult
 from pyro_mcp.runtime import launch
 from pyro_mcp.runtime.vms import VmService, check_range, vm_metadata
 from pyro_mcp.runtime.workspaces import archives, diff, locks, records

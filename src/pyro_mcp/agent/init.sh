@@ -1,0 +1,87 @@
+#!/bin/sh
+# pyro-mcp guest init, first stage (PID 1 in the initramfs, run by busybox).
+#
+# Root = the read-only environment image (/dev/vda) under an overlay whose upper layer is the
+# VM's writable disk (pyro.rw=/dev/vdX) or, for throw-away VMs, a tmpfs. /workspace lives on
+# the writable layer. The agent comes from this initramfs, never from the image, so the image
+# never has to be rebuilt when the agent changes. busybox init then becomes PID 1 of the real
+# root: it reaps orphaned processes and restarts the agent if it ever dies.
+
+bb=/bin/busybox
+$bb mount -t devtmpfs devtmpfs /dev
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sysfs /sys
+$bb --install -s /bin
+exec </dev/console >/dev/console 2>&1
+
+arg() {
+    for word in $(cat /proc/cmdline); do
+        case "$word" in "$1"=*) echo "${word#*=}"; return 0 ;; esac
+    done
+    return 1
+}
+
+fail() {
+    echo "pyro-init: error: $*"
+    sync
+    reboot -f
+}
+
+# The host's boot probe only asks whether this kernel reaches user space at all.
+if arg pyro.probe >/dev/null; then
+    echo "PYRO_PROBE_OK $(uname -r)"
+    reboot -f
+fi
+
+while read -r module; do
+    insmod "/lib/modules/$module.ko" || fail "cannot load kernel module $module"
+done </lib/modules/order
+
+wait_for_block() {
+    tries=0
+    while [ ! -b "$1" ]; do
+        tries=$((tries + 1))
+        [ "$tries" -gt 1000 ] && return 1
+        usleep 10000
+    done
+}
+
+mkdir -p /mnt/ro /mnt/rw
+wait_for_block /dev/vda || fail "root image /dev/vda did not appear"
+mount -t ext4 -o ro /dev/vda /mnt/ro || fail "cannot mount the root image"
+
+rw=$(arg pyro.rw)
+if [ -n "$rw" ]; then
+    wait_for_block "$rw" || fail "writable disk $rw did not appear"
+    mount -t ext4 -o noatime "$rw" /mnt/rw || fail "cannot mount the writable disk $rw"
+else
+    mount -t tmpfs -o mode=0755 tmpfs /mnt/rw
+fi
+mkdir -p /mnt/rw/upper /mnt/rw/work /mnt/rw/workspace
+mount -t overlay overlay \
+    -o lowerdir=/mnt/ro,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /newroot \
+    || fail "cannot assemble the overlay root"
+
+mkdir -p /newroot/workspace /newroot/opt/pyro /newroot/dev /newroot/proc /newroot/sys
+mount --bind /mnt/rw/workspace /newroot/workspace
+mount -t tmpfs -o mode=0755 tmpfs /newroot/opt/pyro
+cp -a /pyro/lib /newroot/opt/pyro/lib
+cp /bin/busybox /newroot/opt/pyro/busybox
+mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+mount -t tmpfs -o mode=0755 tmpfs /newroot/run
+
+hostname=$(arg pyro.hostname) || hostname=pyro
+echo "$hostname" >/newroot/etc/hostname
+hostname "$hostname"
+cat >/newroot/etc/inittab <<EOF
+::sysinit:/opt/pyro/busybox mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts /dev/pts
+::sysinit:/opt/pyro/busybox mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+::respawn:/usr/bin/env PYTHONPATH=/opt/pyro/lib /usr/bin/python3 -u -m pyro_mcp.agent
+::ctrlaltdel:/opt/pyro/busybox reboot -f
+EOF
+
+mkdir -p /dev/pts /dev/shm
+mount --move /dev /newroot/dev
+mount --move /proc /newroot/proc
+mount --move /sys /newroot/sys
+exec switch_root /newroot /opt/pyro/busybox init

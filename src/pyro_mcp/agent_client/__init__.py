@@ -1,0 +1,1 @@
+"""The host's client of the guest agent: one connection, many concurrent requests."""

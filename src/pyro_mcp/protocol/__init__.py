@@ -1,0 +1,1 @@
+"""The guest protocol both sides share: framing and parameter rules; stdlib only."""
