@@ -1,6 +1,9 @@
 """The one error tree of pyro-mcp: the caller's fault versus the system's.
 
 Every message says what happened and what to do next; faces (CLI, MCP) print it as is.
+The classes also subclass the builtins pyro-mcp 3.11 raised, so code written against it keeps
+working: bad input and unknown ids are `ValueError`, state and transport problems
+`RuntimeError` (a timeout too: it is not an `OSError`).
 """
 
 from __future__ import annotations
@@ -40,22 +43,26 @@ class InvalidArgumentError(CallerError, ValueError):
     kind = "invalid_argument"
 
 
-class NotFoundError(CallerError, LookupError):
+class NotFoundError(CallerError, ValueError):
     kind = "not_found"
 
 
-class ConflictError(CallerError):
+class ConflictError(CallerError, RuntimeError):
+    """Something else holds or changed what the request needs; retrying later may work."""
+
     kind = "conflict"
 
 
-class WrongStateError(CallerError):
+class WrongStateError(CallerError, RuntimeError):
+    """The VM or workspace is not in a state that allows the request (e.g. stopped)."""
+
     kind = "wrong_state"
 
 
 # --- the system's fault -------------------------------------------------------------------
 
 
-class SystemFault(PyroError):
+class SystemFault(PyroError, RuntimeError):
     """The host, the VMM or the guest failed; the request itself was fine."""
 
     kind = "system_error"
@@ -89,5 +96,5 @@ class GuestError(SystemFault):
     kind = "guest_failed"
 
 
-class PyroTimeoutError(SystemFault, TimeoutError):
+class PyroTimeoutError(SystemFault):
     kind = "timeout"

@@ -358,8 +358,6 @@ class GuestClient(FileOps):
                     self._sock.sendall(data)
                 else:
                     self._send_by(data, deadline)
-            except PyroTimeoutError:
-                raise  # a TimeoutError, hence an OSError, but not a dead connection
             except OSError as exc:
                 raise self._violation(self._closed_error()) from exc
 
