@@ -6,15 +6,13 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from framework.waiting import WAIT, wait_until
 from pyro_mcp.host.process import ProcessRef, start_time
-
-WAIT = 10.0
 
 
 def proc_state(pid: int) -> str | None:
@@ -67,10 +65,8 @@ def test_a_zombie_counts_as_dead(sleeper: subprocess.Popen[bytes]) -> None:
     ref = ProcessRef.of(sleeper.pid)
     assert ref is not None
     os.kill(sleeper.pid, signal.SIGKILL)
-    deadline = time.monotonic() + WAIT
-    while proc_state(sleeper.pid) != "Z":  # not reaped yet: a zombie
-        assert time.monotonic() < deadline, "the child never became a zombie"
-        time.sleep(0.01)
+    # Not reaped yet: a zombie.
+    wait_until(lambda: proc_state(sleeper.pid) == "Z", "the child to become a zombie")
     assert start_time(sleeper.pid) == ref.start  # still in /proc ...
     assert not ref.alive()  # ... but dead
     assert ref.signal(signal.SIGTERM) is False
@@ -94,12 +90,10 @@ def test_start_time_parses_a_command_name_with_spaces_and_parentheses(tmp_path: 
     shutil.copy(sleep, odd)
     proc = subprocess.Popen([str(odd), "60"])
     try:
-        comm = Path(f"/proc/{proc.pid}/comm").read_text().strip()
-        deadline = time.monotonic() + WAIT
-        while comm != odd.name[:15]:  # until the exec has happened
-            assert time.monotonic() < deadline, f"comm stayed {comm!r}"
-            time.sleep(0.01)
-            comm = Path(f"/proc/{proc.pid}/comm").read_text().strip()
+        wait_until(
+            lambda: Path(f"/proc/{proc.pid}/comm").read_text().strip() == odd.name[:15],
+            "the exec of the oddly named program",
+        )
         ref = ProcessRef.of(proc.pid)
         assert ref is not None and ref.alive()
         stat_fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ import httpx2
 import pytest
 from mcp.client.streamable_http import streamable_http_client
 
+from framework.waiting import wait_until
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from pyro_mcp import paths
 
@@ -188,15 +188,13 @@ async def http_server(
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc.poll() is not None:
             pytest.fail(f"the server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    pytest.fail("the HTTP server did not listen within 30 s")
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, "the HTTP server to listen", limit=30)
 
 
 async def over_http(url: str, token: str | None, body: Callable[[ClientSession], Any]) -> Any:

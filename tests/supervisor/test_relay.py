@@ -8,26 +8,18 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from framework.waiting import wait_until
 from pyro_mcp.protocol import frames
 from pyro_mcp.protocol.frames import Frame, FrameReader
 from pyro_mcp.supervisor.relay import LOCAL_OPS, Relay
 
 WAIT = 10.0
 AGENT_INFO = {"protocol": frames.PROTOCOL_VERSION, "agent_version": "test", "ops": ["exec"]}
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 class Peer:
