@@ -301,6 +301,7 @@ class Pyro:
 
     def install_firecracker(self, version: str | None = None) -> dict[str, Any]:
         """Download the pinned official Firecracker release and verify it before installing."""
-        from pyro_mcp.vmm.firecracker_binary import DEFAULT_VERSION, install_firecracker
+        from pyro_mcp.vmm.firecracker.install import install_firecracker
+        from pyro_mcp.vmm.firecracker.locate import DEFAULT_VERSION
 
         return install_firecracker(version or DEFAULT_VERSION)

@@ -15,7 +15,7 @@ from pyro_mcp.environments.service import EnvironmentService
 from pyro_mcp.environments.store import MANIFEST_SCHEMA, EnvironmentStore
 from pyro_mcp.host import tools
 from pyro_mcp.runtime import doctor, probe
-from pyro_mcp.vmm import firecracker_binary
+from pyro_mcp.vmm.firecracker import locate as firecracker_binary
 
 BACKENDS = {"firecracker", "qemu-kvm", "qemu-tcg", "auto", None}
 REAL_FIND_FIRECRACKER = firecracker_binary.find_firecracker

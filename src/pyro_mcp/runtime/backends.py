@@ -43,7 +43,7 @@ def _kvm_works(env: InstalledEnvironment) -> tuple[bool, str]:
 
 
 def _firecracker_installed() -> bool:
-    from pyro_mcp.vmm.firecracker_binary import find_firecracker
+    from pyro_mcp.vmm.firecracker.locate import find_firecracker
 
     return find_firecracker() is not None
 

@@ -69,7 +69,7 @@ def _qemu() -> dict[str, Any]:
 
 
 def _firecracker() -> dict[str, Any]:
-    from pyro_mcp.vmm import firecracker_binary as fcb
+    from pyro_mcp.vmm.firecracker import locate as fcb
 
     info: dict[str, Any] = {"path": None, "version": None, "jailer": None, "source": None}
     info["install_hint"] = "pyro runtime install firecracker"

@@ -51,7 +51,7 @@ def _vmm_build(choice: BackendChoice) -> str:
     build that wrote it, so an upgraded VMM needs a new snapshot (not a failed restore)."""
     try:
         if choice.name == "firecracker":
-            from pyro_mcp.vmm.firecracker_binary import find_firecracker
+            from pyro_mcp.vmm.firecracker.locate import find_firecracker
 
             found = find_firecracker()
             path = str(found.path) if found is not None else None

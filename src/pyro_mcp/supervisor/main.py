@@ -42,7 +42,7 @@ SHUTDOWN_WAIT_S = 30.0
 
 def make_backend(name: str, accel: str) -> Backend:
     if name == "firecracker":
-        from pyro_mcp.vmm.firecracker import FirecrackerBackend
+        from pyro_mcp.vmm.firecracker.backend import FirecrackerBackend
 
         return FirecrackerBackend()
     from pyro_mcp.vmm.qemu import QemuBackend

