@@ -1,1 +1,2 @@
-"""The shared test machinery: the VM leak guard, the agent harness, fakes and waits."""
+"""The shared test machinery: the VM leak guard, the agent and Firecracker harnesses, fakes
+and state-based waits."""
