@@ -2,7 +2,7 @@
 
 Every change is one short `BEGIN IMMEDIATE` transaction; `busy_timeout` makes concurrent
 writers wait instead of failing. Rows hold only what other processes must know; a VM's files
-live in its own directory.
+live in its own directory. Only pyro_mcp.state speaks SQL (tests/state/test_sql_boundary.py).
 """
 
 from __future__ import annotations
