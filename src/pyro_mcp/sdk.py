@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyro_mcp.errors import InvalidArgumentError
+from pyro_mcp.runtime.arguments import Command, OutputCallback
 from pyro_mcp.runtime.manager import VmManager
-from pyro_mcp.runtime.vms import Command, OutputCallback
 
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer

@@ -28,7 +28,8 @@ from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.protocol import frames
 from pyro_mcp.runtime import backends, launch, snapshots, standby
 from pyro_mcp.runtime.snapshots import SnapshotCache, key_digest, snapshot_key
-from pyro_mcp.runtime.vms import DISK_FILE, VmService
+from pyro_mcp.runtime.vm_boot import DISK_FILE
+from pyro_mcp.runtime.vms import VmService
 from pyro_mcp.sdk import Pyro
 
 if TYPE_CHECKING:

@@ -11,39 +11,21 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from pyro_mcp.state.store import VM_COLUMNS, StateStore
-
-
-def record(vm_id: str, **extra: Any) -> dict[str, Any]:
-    now = time.time()
-    return {
-        "vm_id": vm_id,
-        "environment": "debian:12",
-        "environment_version": "1",
-        "vcpu_count": 1,
-        "mem_mib": 1024,
-        "ttl_seconds": 600,
-        "created_at": now,
-        "expires_at": now + 600,
-        "state": "created",
-        "execution_mode": "pending",
-        "vm_dir": f"/nowhere/{vm_id}",
-        **extra,
-    }
+from framework.state_rows import vm_record
+from pyro_mcp.state.schema import VM_COLUMNS
+from pyro_mcp.state.store import StateStore
 
 
 def test_insert_get_list_update_delete(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state")
     assert store.get_vm("nope") is None
     assert store.list_vms() == []
-    store.insert_vm(record("b", created_at=2.0))
-    store.insert_vm(record("a", created_at=1.0, owner_pid=123, owner_start=456))
+    store.insert_vm(vm_record("b", created_at=2.0))
+    store.insert_vm(vm_record("a", created_at=1.0, owner_pid=123, owner_start=456))
     row = store.get_vm("a")
     assert row is not None
     assert set(row) == set(VM_COLUMNS)
@@ -64,14 +46,14 @@ def test_insert_get_list_update_delete(tmp_path: Path) -> None:
 
 def test_a_duplicate_vm_id_is_refused(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
-    store.insert_vm(record("x"))
+    store.insert_vm(vm_record("x"))
     with pytest.raises(sqlite3.IntegrityError):
-        store.insert_vm(record("x"))
+        store.insert_vm(vm_record("x"))
 
 
 def test_unknown_fields_are_refused_before_any_sql(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
-    store.insert_vm(record("x"))
+    store.insert_vm(vm_record("x"))
     with pytest.raises(KeyError, match="nonsense"):
         store.update_vm("x", state="stopped", nonsense=1)
     row = store.get_vm("x")
@@ -80,13 +62,13 @@ def test_unknown_fields_are_refused_before_any_sql(tmp_path: Path) -> None:
 
 def test_insert_ignores_keys_that_are_not_columns(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
-    store.insert_vm(record("x", not_a_column="ignored"))
+    store.insert_vm(vm_record("x", not_a_column="ignored"))
     assert store.get_vm("x") is not None
 
 
 def test_a_failed_transaction_rolls_back(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
-    store.insert_vm(record("x"))
+    store.insert_vm(vm_record("x"))
     with pytest.raises(RuntimeError), store.transaction() as conn:
         conn.execute("UPDATE vms SET state = 'started' WHERE vm_id = 'x'")
         raise RuntimeError("boom")
@@ -97,7 +79,7 @@ def test_a_failed_transaction_rolls_back(tmp_path: Path) -> None:
 def test_the_database_is_in_wal_mode_in_a_private_directory(tmp_path: Path) -> None:
     root = tmp_path / "deep" / "state"
     store = StateStore(root)
-    store.insert_vm(record("x"))
+    store.insert_vm(vm_record("x"))
     assert stat.S_IMODE(root.stat().st_mode) == 0o700
     assert store.path == root / "state.sqlite3"
     assert store.vm_dir("x") == root / "vms" / "x"
@@ -107,7 +89,7 @@ def test_the_database_is_in_wal_mode_in_a_private_directory(tmp_path: Path) -> N
 
 def test_a_second_store_object_sees_the_first_ones_changes(tmp_path: Path) -> None:
     one, two = StateStore(tmp_path), StateStore(tmp_path)
-    one.insert_vm(record("x"))
+    one.insert_vm(vm_record("x"))
     two.update_vm("x", state="started")
     row = one.get_vm("x")
     assert row is not None and row["state"] == "started"
@@ -143,7 +125,7 @@ _WRITER = textwrap.dedent(
 def test_two_processes_write_at_once_without_errors_or_lost_updates(tmp_path: Path) -> None:
     root = tmp_path / "state"
     store = StateStore(root)
-    store.insert_vm(record("shared", mem_mib=0))
+    store.insert_vm(vm_record("shared", mem_mib=0))
     rounds = 150
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     writers = [

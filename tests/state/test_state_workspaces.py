@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,14 +84,67 @@ def test_a_missing_workspace_takes_no_number_and_delete_drops_the_history(
     assert rows.delete_workspace(store, "ws1") is False
 
 
-def test_an_older_state_file_gains_the_new_vm_columns(tmp_path: Path) -> None:
-    import sqlite3
-
-    conn = sqlite3.connect(tmp_path / "state.sqlite3")
-    conn.execute("CREATE TABLE vms (vm_id TEXT PRIMARY KEY, environment TEXT)")
-    conn.commit()
-    conn.close()
+def test_stop_unchanged_stops_only_the_workspace_as_it_was_read(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
-    with store.connect() as fresh:
-        columns = {row[1] for row in fresh.execute("PRAGMA table_info(vms)")}
-    assert {"disk_path", "workspace_id"} <= columns
+    add_workspace(store)
+    store.update("workspaces", "ws1", state="started", vm_id="vm1")
+    read = store.get("workspaces", "ws1")
+    assert read is not None
+    store.update("workspaces", "ws1", vm_id="vm2")  # another call started a new VM meanwhile
+    rows.stop_unchanged(store, read, "the VM is gone")
+    now = store.get("workspaces", "ws1")
+    assert now is not None and (now["state"], now["vm_id"]) == ("started", "vm2")
+    rows.stop_unchanged(store, now, "the VM is gone")
+    now = store.get("workspaces", "ws1")
+    assert now is not None
+    assert (now["state"], now["stop_reason"], now["vm_id"]) == ("stopped", "the VM is gone", None)
+
+
+def test_count_reset_counts_and_stamps(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    add_workspace(store)
+    rows.count_reset(store, "ws1", 5.0)
+    rows.count_reset(store, "ws1", 7.0)
+    row = store.get("workspaces", "ws1")
+    assert row is not None and (row["reset_count"], row["last_reset_at"]) == (2, 7.0)
+
+
+def _add_label(root: str, key: str) -> None:
+    store = StateStore(Path(root))
+
+    def change(row: dict[str, Any]) -> tuple[str | None, str]:
+        labels = json.loads(row["labels"])
+        return row["name"], json.dumps({**labels, key: "x"}, sort_keys=True)
+
+    rows.rename(store, "ws1", change)
+
+
+def test_renames_in_several_processes_at_once_all_land(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    add_workspace(store)
+    keys = [f"k{n}" for n in range(8)]
+    procs = [multiprocessing.Process(target=_add_label, args=(str(tmp_path), k)) for k in keys]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    row = store.get("workspaces", "ws1")
+    assert row is not None and set(json.loads(row["labels"])) == set(keys)
+
+
+def test_a_rename_that_raises_writes_nothing_and_a_missing_workspace_is_a_lookup_error(
+    tmp_path: Path,
+) -> None:
+    store = StateStore(tmp_path)
+    add_workspace(store)
+
+    def refuse(row: dict[str, Any]) -> tuple[str | None, str]:
+        raise ValueError("no change")
+
+    with pytest.raises(ValueError):
+        rows.rename(store, "ws1", refuse)
+    with pytest.raises(LookupError):
+        rows.rename(store, "nope", lambda row: (None, "{}"))
+    row = store.get("workspaces", "ws1")
+    assert row is not None and (row["name"], row["labels"]) == (None, "{}")

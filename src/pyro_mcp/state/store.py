@@ -2,7 +2,7 @@
 
 Every change is one short `BEGIN IMMEDIATE` transaction; `busy_timeout` makes concurrent
 writers wait instead of failing. Rows hold only what other processes must know; a VM's files
-live in its own directory.
+live in its own directory. Only pyro_mcp.state speaks SQL (tests/state/test_sql_boundary.py).
 """
 
 from __future__ import annotations
@@ -15,106 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp import paths
+from pyro_mcp.state import schema
+from pyro_mcp.state.schema import COMMAND_COLUMNS, VM_COLUMNS, WORKSPACE_COLUMNS
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS vms (
-    vm_id TEXT PRIMARY KEY,
-    environment TEXT NOT NULL,
-    environment_version TEXT NOT NULL,
-    vcpu_count INTEGER NOT NULL,
-    mem_mib INTEGER NOT NULL,
-    ttl_seconds INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    state TEXT NOT NULL,
-    backend TEXT,
-    execution_mode TEXT NOT NULL,
-    vm_dir TEXT NOT NULL,
-    supervisor_pid INTEGER,
-    supervisor_start INTEGER,
-    owner_pid INTEGER,
-    owner_start INTEGER,
-    started_at REAL,
-    stopped_at REAL,
-    stop_reason TEXT,
-    network_enabled INTEGER NOT NULL DEFAULT 0,
-    boot_mode TEXT,
-    boot_note TEXT,
-    disk_mib INTEGER NOT NULL DEFAULT 0,
-    disk_path TEXT,
-    workspace_id TEXT
-);
-CREATE TABLE IF NOT EXISTS workspaces (
-    workspace_id TEXT PRIMARY KEY,
-    name TEXT,
-    labels TEXT NOT NULL DEFAULT '{}',
-    environment TEXT NOT NULL,
-    environment_version TEXT NOT NULL,
-    vcpu_count INTEGER NOT NULL,
-    mem_mib INTEGER NOT NULL,
-    ttl_seconds INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    last_activity_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    state TEXT NOT NULL,
-    stop_reason TEXT,
-    vm_id TEXT,
-    workspace_dir TEXT NOT NULL,
-    seed TEXT NOT NULL DEFAULT '{}',
-    execution_mode TEXT NOT NULL DEFAULT 'pending',
-    command_count INTEGER NOT NULL DEFAULT 0,
-    reset_count INTEGER NOT NULL DEFAULT 0,
-    last_reset_at REAL
-);
-CREATE TABLE IF NOT EXISTS workspace_commands (
-    workspace_id TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    command TEXT NOT NULL,
-    cwd TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    recorded_at REAL,
-    exit_code INTEGER,
-    duration_ms INTEGER,
-    timed_out INTEGER,
-    stdout_truncated INTEGER,
-    stderr_truncated INTEGER,
-    execution_mode TEXT,
-    error TEXT,
-    PRIMARY KEY (workspace_id, sequence)
-);
-"""
-
-VM_COLUMNS = (
-    "vm_id", "environment", "environment_version", "vcpu_count", "mem_mib", "ttl_seconds",
-    "created_at", "expires_at", "state", "backend", "execution_mode", "vm_dir",
-    "supervisor_pid", "supervisor_start", "owner_pid", "owner_start", "started_at",
-    "stopped_at", "stop_reason", "network_enabled", "boot_mode", "boot_note", "disk_mib",
-    "disk_path", "workspace_id",
-)  # fmt: skip
-WORKSPACE_COLUMNS = (
-    "workspace_id", "name", "labels", "environment", "environment_version", "vcpu_count",
-    "mem_mib", "ttl_seconds", "created_at", "last_activity_at", "expires_at", "state",
-    "stop_reason", "vm_id", "workspace_dir", "seed", "execution_mode", "command_count",
-    "reset_count", "last_reset_at",
-)  # fmt: skip
-COMMAND_COLUMNS = (
-    "workspace_id", "sequence", "command", "cwd", "started_at", "recorded_at", "exit_code",
-    "duration_ms", "timed_out", "stdout_truncated", "stderr_truncated", "execution_mode", "error",
-)  # fmt: skip
 _TABLES = {
     "vms": ("vm_id", VM_COLUMNS),
     "workspaces": ("workspace_id", WORKSPACE_COLUMNS),
     "workspace_commands": ("workspace_id", COMMAND_COLUMNS),
 }
-# Columns added after a table first shipped: an older state file gains them on open.
-_ADDED_COLUMNS = {"vms": {"disk_path": "TEXT", "workspace_id": "TEXT"}}
 
 
 class StateStore:
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or paths.state_dir()
         self.path = self.root / "state.sqlite3"
-        # One connection per thread and store: opening one and running the schema script
+        # One connection per thread and store: opening one and checking its schema version
         # cost more than the queries on the VM start path.
         self._local = threading.local()
 
@@ -141,20 +56,17 @@ class StateStore:
         # commit, which cost several milliseconds on every VM state change.
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
-        conn.executescript(_SCHEMA)
-        _add_missing_columns(conn)
+        try:
+            schema.migrate(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self.connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self.connect() as conn, schema.immediate(conn):
+            yield conn
 
     def insert_vm(self, record: dict[str, Any]) -> None:
         self.insert("vms", record)
@@ -205,11 +117,3 @@ class StateStore:
                 f"UPDATE {table} SET {assignments} WHERE {condition}",
                 [*fields.values(), *where.values()],
             )
-
-
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    for table, columns in _ADDED_COLUMNS.items():
-        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        for name, kind in columns.items():
-            if name not in have:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")

@@ -7,6 +7,7 @@ commands are recorded; reset leaves the history alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pyro_mcp.state.store import StateStore
@@ -23,6 +24,46 @@ def delete_workspace(store: StateStore, workspace_id: str) -> bool:
         conn.execute("DELETE FROM workspace_commands WHERE workspace_id = ?", (workspace_id,))
         cursor = conn.execute("DELETE FROM workspaces WHERE workspace_id = ?", (workspace_id,))
     return cursor.rowcount > 0
+
+
+def stop_unchanged(store: StateStore, row: Mapping[str, Any], reason: str) -> None:
+    """Record the workspace as stopped for `reason`, unless its state or VM changed since
+    `row` was read."""
+    with store.transaction() as conn:
+        conn.execute(
+            "UPDATE workspaces SET state = 'stopped', stop_reason = ?, vm_id = NULL "
+            "WHERE workspace_id = ? AND state = ? AND vm_id IS ?",
+            (reason, row["workspace_id"], row["state"], row["vm_id"]),
+        )
+
+
+def count_reset(store: StateStore, workspace_id: str, at: float) -> None:
+    with store.transaction() as conn:
+        conn.execute(
+            "UPDATE workspaces SET reset_count = reset_count + 1, last_reset_at = ? "
+            "WHERE workspace_id = ?",
+            (at, workspace_id),
+        )
+
+
+def rename(
+    store: StateStore,
+    workspace_id: str,
+    change: Callable[[dict[str, Any]], tuple[str | None, str]],
+) -> None:
+    """Write the (name, labels) that `change` makes of the current ones, read in the same
+    transaction: two updates of different labels both land. LookupError: no such workspace."""
+    with store.transaction() as conn:
+        row = conn.execute(
+            "SELECT name, labels FROM workspaces WHERE workspace_id = ?", (workspace_id,)
+        ).fetchone()
+        if row is None:
+            raise LookupError(workspace_id)
+        name, labels = change(dict(row))
+        conn.execute(
+            "UPDATE workspaces SET name = ?, labels = ? WHERE workspace_id = ?",
+            (name, labels, workspace_id),
+        )
 
 
 def begin_command(

@@ -29,7 +29,6 @@ class SupervisorConfig:
     snapshot_memory: str | None = None  # warm start: restore this snapshot instead of booting
     snapshot_state: str | None = None
     standby: bool = False  # restored and warmed up ahead of demand, waiting to be claimed
-    workspace_id: str | None = None  # at its TTL the workspace goes too, not only this VM
 
     def to_json(self) -> str:
         data: dict[str, Any] = asdict(self)

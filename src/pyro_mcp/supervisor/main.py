@@ -29,7 +29,6 @@ from pyro_mcp.errors import GuestError, PyroError, PyroTimeoutError, VmmError
 from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.host.unix import bind_unix
 from pyro_mcp.protocol import frames
-from pyro_mcp.state import workspaces
 from pyro_mcp.state.store import StateStore
 from pyro_mcp.supervisor.config import CONSOLE_LOG, LOG, SOCKET, SupervisorConfig
 from pyro_mcp.supervisor.relay import Relay
@@ -351,8 +350,6 @@ class Supervisor:
             self.vmm.wait()
         remove_vm_files(self.spec.vm_dir)
         record(self.store, self.vm_id, self.delete_on_exit, reason)
-        if self.config.workspace_id and reason.startswith("ttl_expired"):
-            remove_workspace(self.store, self.config.workspace_id)
         self._torn_down.set()
         if self._shutdown_asked:  # let the client's answer go out before the sockets close
             self._shutdown_answered.wait(1.0)
@@ -363,12 +360,6 @@ class Supervisor:
 def remove_vm_files(vm_dir: Path) -> None:
     """Every file, socket and disk of the VM, its directory included."""
     remove_tree(vm_dir)
-
-
-def remove_workspace(store: StateStore, workspace_id: str) -> None:
-    """A workspace's record, command history and directory (disk, baseline, logs)."""
-    workspaces.delete_workspace(store, workspace_id)
-    remove_tree(store.workspace_dir(workspace_id))
 
 
 def record(store: StateStore, vm_id: str, delete_on_exit: bool, reason: str) -> None:

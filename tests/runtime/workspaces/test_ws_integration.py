@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pyro_mcp.errors import ConflictError, InvalidArgumentError, NotFoundError, WrongStateError
-from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.sdk import Pyro
+from pyro_mcp.state import workspaces as workspace_rows
 
 if TYPE_CHECKING:
     from framework.vm_leaks import LeakGuard
@@ -340,22 +340,28 @@ def test_a_dead_vm_shows_stopped_with_the_reason_and_start_keeps_the_disk(
     assert pyro.list_workspaces()["workspaces"][0]["state"] == "stopped"
 
 
-def test_the_supervisor_deletes_an_expired_workspace_with_no_pyro_process(
+def test_the_vm_ends_at_the_ttl_alone_and_the_next_list_deletes_the_workspace(
     vm_pyro: Pyro, leak_guard: LeakGuard
 ) -> None:
     pyro = vm_pyro
     ws = pyro.create_workspace(environment=ENV, ttl_seconds=60)
     wid = ws["workspace_id"]
+    run(pyro, wid, "echo history")
     row = pyro.vms.store.get_vm(ws_vm := pyro.workspaces.row(wid)["vm_id"])
     assert row is not None
     sup = leak_guard.add_supervisor_of(row)
+    vmm = leak_guard.vmm_of(sup)
     directory = pyro.workspaces.directory(wid)
-    # Nothing of pyro runs from here on but the supervisor itself.
+    # Nothing of pyro runs from here on but the supervisor itself: it alone ends the VM.
     leak_guard.wait_until(lambda: not sup.alive(), "the supervisor to end at the TTL", 120)
     assert time.time() >= ws["expires_at"]
+    assert not vmm.alive()
+    # The workspace is not the supervisor's business: it waits for the next pyro call.
+    assert directory.is_dir() and pyro.vms.store.get("workspaces", wid) is not None
+    assert pyro.list_workspaces() == {"count": 0, "workspaces": []}
     assert not directory.exists()
     assert pyro.vms.store.get("workspaces", wid) is None
+    assert workspace_rows.list_commands(pyro.vms.store, wid) == []
     assert pyro.vms.store.get_vm(ws_vm) is None
     with pytest.raises(NotFoundError):
         pyro.status_workspace(wid)
-    assert ProcessRef.me().alive()

@@ -14,13 +14,8 @@ from typing import Any
 
 from pyro_mcp.errors import InvalidArgumentError
 from pyro_mcp.runtime import launch
-from pyro_mcp.runtime.vms import (
-    Command,
-    OutputCallback,
-    check_range,
-    command_parts,
-    exec_fields,
-)
+from pyro_mcp.runtime.arguments import Command, OutputCallback, check_range, command_parts
+from pyro_mcp.runtime.vm_views import exec_fields
 from pyro_mcp.runtime.workspaces import records
 from pyro_mcp.runtime.workspaces.service import WorkspaceService
 from pyro_mcp.state import workspaces as rows

@@ -18,6 +18,7 @@ from typing import Any
 
 from pyro_mcp import paths
 from pyro_mcp.agent_client.files import ArchiveResult
+from pyro_mcp.environments.blobs import remove_tree
 from pyro_mcp.errors import (
     GuestError,
     InvalidArgumentError,
@@ -26,10 +27,12 @@ from pyro_mcp.errors import (
     WrongStateError,
 )
 from pyro_mcp.runtime import launch
-from pyro_mcp.runtime.vms import VmService, check_range, vm_metadata
+from pyro_mcp.runtime.arguments import check_range
+from pyro_mcp.runtime.vm_views import vm_metadata
+from pyro_mcp.runtime.vms import VmService
 from pyro_mcp.runtime.workspaces import archives, diff, locks, records
+from pyro_mcp.state import vms as vm_rows
 from pyro_mcp.state import workspaces as rows
-from pyro_mcp.supervisor.main import remove_workspace
 from pyro_mcp.vmm.disks import DEFAULT_DISK_MIB
 
 DISK = "disk.ext4"
@@ -71,16 +74,22 @@ class WorkspaceService:
         """The record, reconciled with its VM; an expired workspace is deleted and NotFound.
         `held`: the caller holds the lifecycle lock."""
         row = self._load(workspace_id)
-        if row["expires_at"] <= time.time():
-            self._expire(row, held=held)
+        fresh = self._reconcile(row, held=held)
+        if fresh is None:
             raise NotFoundError(
                 f"workspace {workspace_id} expired (ttl_seconds={row['ttl_seconds']}) and was "
                 "deleted",
                 hint="create a new workspace, with a longer ttl_seconds if it needs one",
             )
-        return self._reconcile(row, held=held)
+        return fresh
 
-    def _reconcile(self, row: dict[str, Any], *, held: bool = False) -> dict[str, Any]:
+    def _reconcile(self, row: dict[str, Any], *, held: bool = False) -> dict[str, Any] | None:
+        """The record as it really is; None when the workspace reached its TTL and was
+        deleted here. (Its VM ends at the TTL by itself; the workspace goes when a call
+        next looks at it.)"""
+        if row["expires_at"] <= time.time():
+            self._expire(row, held=held)
+            return None
         state, reason = row["state"], None
         if state in records.TRANSITIONAL:
             # Only a live lifecycle call holds the lock; if it is ours, that call is gone.
@@ -98,21 +107,13 @@ class WorkspaceService:
 
     def _settle(self, row: Mapping[str, Any], reason: str) -> None:
         """Record a workspace as stopped for `reason`, unless someone changed it meanwhile."""
-        with self.store.transaction() as conn:
-            conn.execute(
-                "UPDATE workspaces SET state = 'stopped', stop_reason = ?, vm_id = NULL "
-                "WHERE workspace_id = ? AND state = ? AND vm_id IS ?",
-                (reason, row["workspace_id"], row["state"], row["vm_id"]),
-            )
+        rows.stop_unchanged(self.store, row, reason)
         self._end_vms(row["workspace_id"], "workspace_stopped")
 
     def _end_vms(self, workspace_id: str, reason: str) -> None:
         """End every VM serving the workspace: its current one, and any that a call killed
         mid-way (say, in the middle of a create) left running until its TTL."""
-        with self.store.connect() as conn:
-            found = conn.execute("SELECT vm_id FROM vms WHERE workspace_id = ?", (workspace_id,))
-            vm_ids = [row[0] for row in found]
-        for vm_id in vm_ids:
+        for vm_id in vm_rows.serving_workspace(self.store, workspace_id):
             with contextlib.suppress(NotFoundError):
                 self.vms.delete_vm(vm_id, reason=reason)
 
@@ -125,12 +126,11 @@ class WorkspaceService:
         return view
 
     def list(self) -> dict[str, Any]:
-        now, items = time.time(), []
+        items = []
         for row in rows.list_workspaces(self.store):
-            if row["expires_at"] <= now:
-                self._expire(row)
-                continue
-            items.append(records.list_item(self._reconcile(row)))
+            fresh = self._reconcile(row)
+            if fresh is not None:
+                items.append(records.list_item(fresh))
         items.sort(key=lambda item: item["last_activity_at"], reverse=True)
         return {"count": len(items), "workspaces": items}
 
@@ -162,13 +162,13 @@ class WorkspaceService:
         """Say why the guest went away mid-call when the workspace knows: TTL, a dead VM."""
         workspace_id = row["workspace_id"]
         fresh = self.store.get("workspaces", workspace_id)
+        fresh = self._reconcile(fresh) if fresh is not None else None
         if fresh is None:
             return NotFoundError(
                 f"workspace {workspace_id} was deleted while {op} ran (it reached its TTL "
                 "or another call deleted it)",
                 hint="create a new workspace, with a longer ttl_seconds if it needs one",
             )
-        fresh = self._reconcile(fresh)
         if fresh["state"] in records.TRANSITIONAL:
             return WrongStateError(
                 f"workspace {workspace_id} is {fresh['state']} by another call, which ended "
@@ -393,12 +393,7 @@ class WorkspaceService:
             self._halt(row, "resetting", "reset: reset_workspace", sync=False)
             with self._use_exclusive(workspace_id):
                 done = self._boot_with_baseline(row, on_phase, first=False)
-                with self.store.transaction() as conn:
-                    conn.execute(
-                        "UPDATE workspaces SET reset_count = reset_count + 1, last_reset_at = ? "
-                        "WHERE workspace_id = ?",
-                        (time.time(), workspace_id),
-                    )
+                rows.count_reset(self.store, workspace_id, time.time())
         result = self.view(workspace_id)
         result["workspace_reset"] = {
             "snapshot_name": "baseline",
@@ -419,13 +414,18 @@ class WorkspaceService:
             with locks.hold(directory, locks.LIFE, exclusive=True, timeout=CHANGE_WAIT_S):
                 self._halt(self._load(workspace_id), "deleting", "deleted", sync=False)
                 with locks.hold(directory, locks.USE, exclusive=True, timeout=CHANGE_WAIT_S):
-                    remove_workspace(self.store, row["workspace_id"])
+                    self._remove(row["workspace_id"])
         return {"workspace_id": row["workspace_id"], "deleted": True, "reason": "explicit_delete"}
 
     def _destroy(self, workspace_id: str, reason: str) -> None:
         """Remove a workspace whatever state it is in (the caller owns it or it expired)."""
         self._end_vms(workspace_id, reason)
-        remove_workspace(self.store, workspace_id)
+        self._remove(workspace_id)
+
+    def _remove(self, workspace_id: str) -> None:
+        """The record, the command history and the directory (disk, baseline, logs)."""
+        rows.delete_workspace(self.store, workspace_id)
+        remove_tree(self.directory(workspace_id))
 
     def _expire(self, row: Mapping[str, Any], *, held: bool = False) -> None:
         """Delete an expired workspace unless another call is changing it right now."""
@@ -454,13 +454,8 @@ class WorkspaceService:
         new_name, new_labels = records.check_name(name), records.check_labels(labels)
         drop = [records.check_label_key(key) for key in (clear_labels or [])]
         self.row(workspace_id)  # exists, not expired
-        # Read and write in one transaction: two updates of different labels both land.
-        with self.store.transaction() as conn:
-            row = conn.execute(
-                "SELECT name, labels FROM workspaces WHERE workspace_id = ?", (workspace_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"workspace {workspace_id!r} does not exist")
+
+        def change(row: dict[str, Any]) -> tuple[str | None, str]:
             current = json.loads(row["labels"])
             merged = {k: v for k, v in {**current, **new_labels}.items() if k not in drop}
             final_name = None if clear_name else (new_name if name is not None else row["name"])
@@ -469,10 +464,12 @@ class WorkspaceService:
                     "the update changes nothing",
                     hint="pass a new name, clear_name, labels or clear_labels",
                 )
-            conn.execute(
-                "UPDATE workspaces SET name = ?, labels = ? WHERE workspace_id = ?",
-                (final_name, json.dumps(merged, sort_keys=True), workspace_id),
-            )
+            return final_name, json.dumps(merged, sort_keys=True)
+
+        try:
+            rows.rename(self.store, workspace_id, change)
+        except LookupError:
+            raise NotFoundError(f"workspace {workspace_id!r} does not exist") from None
         return self.view(workspace_id)
 
 
