@@ -15,6 +15,7 @@ import pytest
 
 from framework.agent_harness import (
     WAIT,
+    Raw,
     RunningAgent,
     live_group,
     short_workdir,
@@ -24,7 +25,6 @@ from framework.agent_harness import (
 )
 from pyro_mcp.agent import server as agent_module
 from pyro_mcp.protocol import frames
-from pyro_mcp.protocol.frames import Frame, FrameReader, encode_frame
 
 PY311 = "/root/.pyenv/versions/3.11.7/bin/python3.11"
 
@@ -43,51 +43,6 @@ def running(workdir: Path) -> Iterator[RunningAgent]:
     agent = start_agent(workdir)
     yield agent
     stop_agent(agent)
-
-
-# --- a raw protocol speaker ------------------------------------------------------------------
-
-
-class Raw:
-    def __init__(self, path: str | socket.socket) -> None:
-        if isinstance(path, str):
-            self.sock = socket.socket(socket.AF_UNIX)
-            self.sock.connect(path)
-        else:
-            self.sock = path
-        self.sock.settimeout(WAIT)
-        self.reader = FrameReader(self.sock)
-
-    def send(self, header: dict[str, Any], body: bytes = b"") -> None:
-        self.sock.sendall(encode_frame(header, body))
-
-    def recv(self) -> Frame | None:
-        return self.reader.read_frame()
-
-    def request(self, rid: int, op: str, params: dict[str, Any]) -> None:
-        self.send(frames.req_header(rid, op, params))
-
-    def until_result(self, rid: int) -> tuple[dict[str, bytes], dict[str, Any]]:
-        output = {"stdout": b"", "stderr": b""}
-        while (frame := self.recv()) is not None:
-            if frame.id == rid and frame.type == "out":
-                output[frame.header["stream"]] += frame.body
-            elif frame.id == rid and frame.type == "res":
-                return output, frame.header
-        pytest.fail("connection ended before the result")
-
-    def call(self, rid: int, op: str, params: dict[str, Any]) -> dict[str, Any]:
-        self.request(rid, op, params)
-        return self.until_result(rid)[1]
-
-    def hello(self) -> dict[str, Any]:
-        answer = self.call(1000, "hello", {"protocol": frames.PROTOCOL_VERSION})
-        assert answer["ok"], answer
-        result: dict[str, Any] = answer["result"]
-        return result
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -217,7 +172,7 @@ def test_cancel_kills_the_process_group(raw: Raw) -> None:
     result = answer["result"]
     assert result["cancelled"] is True and result["timed_out"] is False
     assert result["exit_code"] == 128 + 9
-    wait_until(lambda: not live_group(pgid), "the cancelled group to die")
+    assert not live_group(pgid)  # the answer comes only once the group is dead
     raw.send(frames.cancel_header(2))  # cancelling a finished request is harmless
     assert raw.call(3, "ping", {})["ok"]
 

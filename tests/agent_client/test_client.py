@@ -23,10 +23,11 @@ from framework.agent_harness import (
     wait_until,
 )
 from framework.agent_harness import RunningAgent as Agent
+from framework.scripted_guest import ScriptedGuest
 from pyro_mcp.agent_client.client import ExecResult, GuestClient
 from pyro_mcp.errors import GuestError, InvalidArgumentError, NotFoundError, PyroTimeoutError
 from pyro_mcp.protocol import frames, ops
-from pyro_mcp.protocol.frames import Frame, FrameReader, encode_frame
+from pyro_mcp.protocol.frames import Frame
 
 
 @pytest.fixture
@@ -107,7 +108,7 @@ def test_timeout_kills_the_group_and_keeps_output(client: GuestClient) -> None:
     assert result.exit_code == 124 and result.timed_out and not result.cancelled
     assert result.stdout.startswith("start\npg=")
     pgid = int(result.stdout.split("pg=")[1])
-    wait_until(lambda: not live_group(pgid), "the timed-out group to die")
+    assert not live_group(pgid)  # the answer comes only once the group is dead
 
 
 def test_huge_output_is_capped_while_the_child_runs_on(client: GuestClient) -> None:
@@ -315,30 +316,6 @@ GOOD_EXEC: dict[str, Any] = {
     "timed_out": False,
     "cancelled": False,
 }
-
-
-class ScriptedGuest:
-    """The guest end of a socketpair, driven by a test script on its own thread."""
-
-    def __init__(self, script: Callable[[ScriptedGuest], None]) -> None:
-        self.host, self.sock = socket.socketpair()
-        self.reader = FrameReader(self.sock)
-        threading.Thread(target=self._run, args=(script,), daemon=True).start()
-
-    def _run(self, script: Callable[[ScriptedGuest], None]) -> None:
-        with self.sock, contextlib.suppress(OSError, EOFError, frames.FrameError):
-            script(self)
-            while self.reader.read_frame() is not None:
-                pass  # keep the connection until the host hangs up
-
-    def next_request(self) -> Frame:
-        while (frame := self.reader.read_frame()) is not None:
-            if frame.type == "req":
-                return frame
-        raise EOFError
-
-    def send(self, header: dict[str, Any], body: bytes = b"") -> None:
-        self.sock.sendall(encode_frame(header, body))
 
 
 def answer_exec(
@@ -554,14 +531,20 @@ def test_malformed_file_results_close_the_connection(
 
 
 def test_a_guest_that_stops_reading_input_times_out_the_upload() -> None:
+    let_go = threading.Event()
+
     def stall(guest: ScriptedGuest) -> None:
         guest.next_request()
-        time.sleep(WAIT)  # never reads the input
+        let_go.wait(WAIT)  # reads none of the input until the test is over
 
-    client = GuestClient(ScriptedGuest(stall).host)
-    started = time.monotonic()
+    guest = ScriptedGuest(stall)
+    client = GuestClient(guest.host)
     with pytest.raises(PyroTimeoutError, match="stopped taking input"):
         client.write_file("f", bytes(32 * 1024 * 1024), timeout=1.0)
-    assert time.monotonic() - started < 5
+    # The guest never moved: only the client's own deadline can have ended the call.
+    assert not guest.finished.is_set()
     assert client.closed  # half a frame went out: the connection cannot carry another
+    with pytest.raises(GuestError, match="stalled"):
+        client.ping()
+    let_go.set()
     client.close()

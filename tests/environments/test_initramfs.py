@@ -92,7 +92,17 @@ def test_gnu_cpio_reads_our_archive(tmp_path: Path) -> None:
 
 def test_guest_files_hold_init_and_agent() -> None:
     files = initramfs.guest_files()
-    agent = ("__init__", "__main__", "archives", "commands", "files", "patches", "server", "system")
+    agent = [
+        "__init__",
+        "__main__",
+        "archives",
+        "commands",
+        "files",
+        "patches",
+        "server",
+        "sessions",
+        "system",
+    ]
     protocol = ("__init__", "file_ops", "frames", "ops")
     assert set(files) == {
         "init",

@@ -12,17 +12,35 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
 from framework.waiting import WAIT, wait_until
 from pyro_mcp.environments import initramfs
+from pyro_mcp.protocol import frames
+from pyro_mcp.protocol.frames import Frame, FrameReader, encode_frame
 
-__all__ = ["WAIT", "RunningAgent", "short_workdir", "start_agent", "stop_agent", "wait_until"]
+__all__ = [
+    "WAIT",
+    "Raw",
+    "RunningAgent",
+    "short_workdir",
+    "start_agent",
+    "stop_agent",
+    "wait_until",
+]
 
 
-def process_table() -> dict[int, tuple[str, int, int]]:
-    """pid -> (state, ppid, process group) for every process."""
+class Proc(NamedTuple):
+    state: str  # Z for a zombie: exited, not yet reaped
+    ppid: int
+    pgrp: int
+    session: int
+
+
+def process_table() -> dict[int, Proc]:
+    """pid -> what /proc/pid/stat says, for every process."""
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -32,7 +50,7 @@ def process_table() -> dict[int, tuple[str, int, int]]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        table[int(entry)] = (fields[0], int(fields[1]), int(fields[2]))
+        table[int(entry)] = Proc(fields[0], *map(int, fields[1:4]))
     return table
 
 
@@ -41,14 +59,23 @@ def descendants(pid: int) -> list[int]:
     found, frontier = [], [pid]
     while frontier:
         parent = frontier.pop()
-        children = [p for p, (_, ppid, _) in table.items() if ppid == parent]
+        children = [p for p, proc in table.items() if proc.ppid == parent]
         found += children
         frontier += children
     return found
 
 
 def live_group(pgid: int) -> list[int]:
-    return [p for p, (state, _, group) in process_table().items() if group == pgid and state != "Z"]
+    return [p for p, proc in process_table().items() if proc.pgrp == pgid and proc.state != "Z"]
+
+
+def session_members(sid: int) -> dict[int, Proc]:
+    """Every process of session `sid`, zombies included."""
+    return {p: proc for p, proc in process_table().items() if proc.session == sid}
+
+
+def live_session(sid: int) -> list[int]:
+    return [p for p, proc in session_members(sid).items() if proc.state != "Z"]
 
 
 @dataclass
@@ -110,3 +137,47 @@ def short_workdir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+class Raw:
+    """A raw protocol speaker: frames in, frames out, nothing checked for the test."""
+
+    def __init__(self, path: str | socket.socket) -> None:
+        if isinstance(path, str):
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect(path)
+        else:
+            self.sock = path
+        self.sock.settimeout(WAIT)
+        self.reader = FrameReader(self.sock)
+
+    def send(self, header: dict[str, Any], body: bytes = b"") -> None:
+        self.sock.sendall(encode_frame(header, body))
+
+    def recv(self) -> Frame | None:
+        return self.reader.read_frame()
+
+    def request(self, rid: int, op: str, params: dict[str, Any]) -> None:
+        self.send(frames.req_header(rid, op, params))
+
+    def until_result(self, rid: int) -> tuple[dict[str, bytes], dict[str, Any]]:
+        output = {"stdout": b"", "stderr": b""}
+        while (frame := self.recv()) is not None:
+            if frame.id == rid and frame.type == "out":
+                output[frame.header["stream"]] += frame.body
+            elif frame.id == rid and frame.type == "res":
+                return output, frame.header
+        pytest.fail("connection ended before the result")
+
+    def call(self, rid: int, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.request(rid, op, params)
+        return self.until_result(rid)[1]
+
+    def hello(self) -> dict[str, Any]:
+        answer = self.call(1000, "hello", {"protocol": frames.PROTOCOL_VERSION})
+        assert answer["ok"], answer
+        result: dict[str, Any] = answer["result"]
+        return result
+
+    def close(self) -> None:
+        self.sock.close()

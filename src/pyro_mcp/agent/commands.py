@@ -1,12 +1,14 @@
-"""pyro guest agent, exec: run one command, stream or collect its output, kill its group.
+"""pyro guest agent, exec: run one command, stream or collect its output, kill its session.
 
-A command runs in its own session (process group); a timeout or a cancel kills the whole
-group, so background children die too. stdlib-only and Python 3.11 compatible (see server.py).
+A command runs in its own session (and process group); a timeout or a cancel kills the whole
+session, background children and other groups too, and is answered only once none of it is
+left alive. stdlib-only and Python 3.11 compatible (see server.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import selectors
 import signal
@@ -15,18 +17,25 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pyro_mcp.agent import sessions
 from pyro_mcp.protocol import frames, ops
 
 if TYPE_CHECKING:  # only for annotations: server.py imports this module
     from pyro_mcp.agent.server import Call
 
 Params = dict[str, Any]
+log = logging.getLogger("pyro-agent")
 
 _READ_SIZE = 64 * 1024
 _SEND_CHUNK = 256 * 1024
 # Background jobs may hold the pipes open after the command exits; wait only briefly for them.
 _DRAIN_GRACE = 0.2
+# Reads (of _READ_SIZE) that take what a killed session left in a pipe.
+_DRAIN_READS = 64
+# How long killed processes may take to die before the answer goes out regardless (a process
+# stuck in an uninterruptible sleep cannot act on SIGKILL), and how often to look meanwhile.
 _KILL_GRACE = 5.0
+_SETTLE_POLL = 0.01
 
 
 def exec_op(call: Call, params: Params) -> Params:
@@ -63,6 +72,15 @@ class _Capture:
         elif keep:
             self.data += keep
 
+    def drain(self) -> None:
+        """Take what the pipe still holds without waiting for more (once its writers are
+        dead; a writer outside the session could keep it full, hence the bound)."""
+        os.set_blocking(self.fd, False)
+        for _ in range(_DRAIN_READS):
+            if self.eof:
+                return
+            self.read()
+
 
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(OSError):
@@ -81,14 +99,24 @@ def _open_pidfd(pid: int) -> int | None:
         return None
 
 
+def _has_exited(pid: int) -> bool:
+    """Whether a child has exited, without reaping it: while its zombie stays, its pid (which
+    is the id of its session and group) cannot be reused, so killing those ids stays safe."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
 class _Supervisor:
-    """Pumps a child's output until it exits; kills its process group on timeout or cancel."""
+    """Pumps a child's output until it exits; on timeout or cancel, kills its session and
+    waits until nothing of it is alive. The child is left unreaped for run_exec."""
 
     def __init__(self, proc: subprocess.Popen[bytes], caps: list[_Capture], call: Call):
         self.proc, self.caps, self.call = proc, caps, call
         self.timed_out = self.cancelled = False
         self.exited_at: float | None = None
-        self.give_up: float | None = None  # set once killed: how long to wait for the exit
+        self.give_up: float | None = None  # set once killed: until when to wait for the deaths
 
     def run(self, timeout: float) -> None:
         wake_r, wake_w = os.pipe()
@@ -117,23 +145,40 @@ class _Supervisor:
 
     def _next_wakeup(self, now: float, deadline: float) -> float | None:
         """When to look again, or None when supervision is over."""
+        if self.exited_at is not None and self.give_up is not None:
+            return self._settle(now, self.give_up)
         if self.exited_at is not None:
             done = all(cap.eof for cap in self.caps) or now >= self.exited_at + _DRAIN_GRACE
             return None if done else self.exited_at + _DRAIN_GRACE
         if self.give_up is not None:
-            return None if now >= self.give_up else self.give_up
+            if now < self.give_up:
+                return self.give_up
+            log.warning("exec: pid %d survived SIGKILL; answering anyway", self.proc.pid)
+            return None
         if now >= deadline:
             self.timed_out = True
             self._kill(now)
             return now
         return deadline
 
+    def _settle(self, now: float, give_up: float) -> float | None:
+        """After a kill and the leader's exit: look again until the session has no live
+        process left (killing any that is), then take what is left in the pipes."""
+        survivors = sessions.kill_survivors(self.proc.pid)
+        if survivors and now < give_up:
+            return min(now + _SETTLE_POLL, give_up)
+        if survivors:
+            log.warning("exec: pids %s survived SIGKILL; answering anyway", survivors)
+        for cap in self.caps:
+            cap.drain()
+        return None
+
     def _loop(
         self, sel: selectors.BaseSelector, deadline: float, pidfd: int | None, wake: int
     ) -> None:
         while True:
             now = time.monotonic()
-            if self.exited_at is None and self.proc.poll() is not None:
+            if self.exited_at is None and _has_exited(self.proc.pid):
                 self.exited_at = now
                 if pidfd is not None:
                     sel.unregister(pidfd)

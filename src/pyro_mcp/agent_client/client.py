@@ -45,6 +45,10 @@ _ATTEMPT_TIMEOUT = 0.5
 _RETRY_PAUSE = 0.02
 
 
+class _Lost(Exception):
+    """A send found the connection dead; the reader decides what the requests learn."""
+
+
 @dataclass(frozen=True)
 class ExecResult:
     """What a command did in the guest; exit_code 124 with timed_out set on a guest timeout."""
@@ -310,9 +314,14 @@ class GuestClient(FileOps):
             if self._failure is not None:
                 raise self._failure
             self._pending[rid] = waiter
-        self._send(frame)
-        if source is not None:
-            self._send_input(rid, waiter, source, deadline)
+        try:
+            self._send(frame)
+            if source is not None:
+                self._send_input(rid, waiter, source, deadline)
+        except _Lost:
+            # The reader settles the request from whatever the guest sent before it went.
+            if threading.current_thread() is not self._reader:
+                self._reader.join(max(0.0, deadline - time.monotonic()))
         if not waiter.done.wait(max(0.0, deadline - time.monotonic())):
             self._abandon(rid)
             raise PyroTimeoutError(
@@ -338,6 +347,8 @@ class GuestClient(FileOps):
                     self._send(frames.encode_frame(frames.in_header(rid), body), deadline)
             if not waiter.done.is_set():
                 self._send(frames.encode_frame(frames.in_header(rid)), deadline)
+        except _Lost:
+            raise  # the request stays pending: an answer may already be on its way in
         except BaseException:
             self._abandon(rid)
             raise
@@ -345,13 +356,13 @@ class GuestClient(FileOps):
     def _abandon(self, rid: int) -> None:
         with self._lock:
             self._pending.pop(rid, None)
-        with contextlib.suppress(GuestError, PyroTimeoutError):
+        with contextlib.suppress(_Lost, PyroTimeoutError):
             frame = frames.encode_frame(frames.cancel_header(rid))
             self._send(frame, time.monotonic() + _CANCEL_GRACE)
 
     def _send(self, data: bytes, deadline: float | None = None) -> None:
         """Send one whole frame; with a deadline, give up (PyroTimeoutError) when the guest
-        does not take it in time."""
+        does not take it in time. A dead connection raises _Lost."""
         with self._send_lock:
             try:
                 if deadline is None:
@@ -359,7 +370,12 @@ class GuestClient(FileOps):
                 else:
                     self._send_by(data, deadline)
             except OSError as exc:
-                raise self._violation(self._closed_error()) from exc
+                # Not failed here: frames the guest sent before it went may still be unread,
+                # and its answer (or its malformed answer) must win over "closed". Hanging up
+                # lets the reader take what arrived, then end and fail the rest.
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                raise _Lost from exc
 
     def _send_by(self, data: bytes, deadline: float) -> None:
         view = memoryview(data)
