@@ -8,14 +8,18 @@ Paths timed (wall time; p50_ms is the median), round-robin so that load drifting
 machine hits each path alike:
 - cli_help:         `pyro --help`, a subprocess of the venv's `pyro`;
 - cli_run:          `pyro run ENV -- true`, a subprocess;
+- cli_run_unknown_env: `pyro run no-such-env:1 -- true`, which fails at the SDK call: the
+  CLI's fixed cost (interpreter, imports, parsing) without a VM's variance;
 - sdk_in_process:   `Pyro().run_in_vm(environment=ENV, command=["true"])` in this process;
 - sdk_subprocess:   the same call in `python -c`, so interpreter start and imports included;
 - python_start and sdk_import: `python -c pass` and `python -c "import pyro_mcp.sdk"`, to say
   where the difference goes.
-Both VM modes are measured: `defaults` (standby VMs on; every VM run first waits for a ready
-standby, so each path claims one) and `standby_off` (PYRO_STANDBY=0: each run restores the
-snapshot). The default cache is used; an environment not built yet is built once before any
-timing (`built_before_timing` says so).
+Both VM modes are measured: `defaults` (standby VMs on; every sample first waits for a ready
+standby, so each VM run claims one) and `standby_off` (PYRO_STANDBY=0: each run restores the
+snapshot). Every sample starts half a second after the last, once the host is quiet again.
+The default cache is used; an environment not built yet is built once before any timing
+(`built_before_timing` says so). `project_modules_with_fresh_bytecode` below all means every
+start compiled the rest: run `python -m compileall src` (scripts/bootstrap.sh does).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +43,7 @@ import pyro_mcp
 from pyro_mcp import Pyro
 
 TARGET_MS = 150
+SETTLE_S = 0.5
 MODES: dict[str, str | None] = {"defaults": None, "standby_off": "0"}  # PYRO_STANDBY
 
 
@@ -54,8 +60,12 @@ def standby_setting(value: str | None) -> Iterator[None]:
             os.environ["PYRO_STANDBY"] = saved
 
 
-def subprocess_action(argv: list[str]) -> Callable[[], Any]:
-    return lambda: subprocess.run(argv, check=True, capture_output=True)
+def subprocess_action(argv: list[str], status: int = 0) -> Callable[[], Any]:
+    def run() -> None:
+        done = subprocess.run(argv, capture_output=True, check=False)
+        assert done.returncode == status, done.stderr.decode(errors="replace")
+
+    return run
 
 
 def sdk_call(env: str) -> Callable[[], Any]:
@@ -73,6 +83,7 @@ def paths(env: str) -> dict[str, Callable[[], Any]]:
     return {
         "cli_help": subprocess_action([pyro, "--help"]),
         "cli_run": subprocess_action([pyro, "run", env, "--", "true"]),
+        "cli_run_unknown_env": subprocess_action([pyro, "run", "no-such-env:1", "--", "true"], 1),
         "sdk_in_process": sdk_call(env),
         "sdk_subprocess": subprocess_action([python, "-c", sdk_code]),
         "python_start": subprocess_action([python, "-c", "pass"]),
@@ -87,8 +98,10 @@ def measure(pyro: Pyro, env: str, standby: bool, runs: int) -> dict[str, Any]:
         action()
     for _ in range(runs):
         for name, action in actions.items():
-            if standby:  # a VM run claims one; a replacement booting would compete for CPU
+            if standby:  # every VM run claims one and starts its replacement
                 wait_for_standby(pyro)
+            # The last VM's teardown, or a replacement just recorded as ready, still uses CPU.
+            time.sleep(SETTLE_S)
             timed(samples[name], action)
     pyro.vms.clear_standby()
     report: dict[str, Any] = {name: summary(values) for name, values in samples.items()}
