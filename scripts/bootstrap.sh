@@ -63,3 +63,6 @@ UV_PYTHON=$(find_python)
 # Byte-compiled: where PYTHONDONTWRITEBYTECODE is set (as on these machines) nothing else
 # would ever compile the virtualenv, and every `pyro` call would pay for it again.
 (cd "$PYRO_ROOT" && uv sync --frozen --compile-bytecode --quiet >&2)
+# uv compiles the dependencies, not this checkout's own (editable) source: without this, every
+# start compiles pyro_mcp again, about 0.1 s of each `pyro run`.
+"$PYRO_ROOT/.venv/bin/python" -m compileall -q "$PYRO_ROOT/src" >&2

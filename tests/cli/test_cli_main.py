@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from pyro_mcp import __version__
@@ -42,3 +44,40 @@ def test_every_env_subcommand_takes_json() -> None:
     ):
         assert parser.parse_args([*argv, "--json"]).json is True
         assert parser.parse_args(argv).json is False
+
+
+def parse_outcome(
+    parser: argparse.ArgumentParser, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> tuple[object, str, str]:
+    try:
+        outcome: object = vars(parser.parse_args(argv))
+    except SystemExit as exc:
+        outcome = exc.code
+    out, err = capsys.readouterr()
+    return outcome, out, err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run"],
+        ["run", "--help"],
+        ["run", "debian:12", "--vcpu-count", "x"],
+        ["demo", "--help"],
+        ["env", "pull"],
+        ["env", "bogus"],
+        ["workspace", "--help"],
+        ["workspace", "exec", "--help"],
+        ["workspace", "file", "list", "ws", "--recursive", "/workspace/a"],
+        ["mcp", "serve", "--profile", "nope"],
+        ["doctor", "--no-probe"],
+        ["runtime", "install", "qemu"],
+    ],
+    ids=" ".join,
+)
+def test_a_commands_own_parser_parses_and_prints_like_the_whole_one(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    whole = parse_outcome(build_parser(), argv, capsys)
+    assert parse_outcome(build_parser(argv[0]), argv, capsys) == whole
+    assert whole[0] in (0, 2) or isinstance(whole[0], dict)

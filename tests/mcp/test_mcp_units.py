@@ -13,8 +13,9 @@ import pytest
 from pyro_mcp.errors import InvalidArgumentError
 from pyro_mcp.mcp import http
 from pyro_mcp.mcp.bounds import bound
+from pyro_mcp.mcp.profiles import PROFILES, WORKSPACE_CORE
 from pyro_mcp.mcp.roots import Roots, default_roots
-from pyro_mcp.mcp.server import PROFILES, WORKSPACE_CORE, create_server
+from pyro_mcp.mcp.server import create_server
 from pyro_mcp.sdk import Pyro
 
 

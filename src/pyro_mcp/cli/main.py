@@ -3,42 +3,44 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-from pyro_mcp.cli import doctor as doctor_cmd
-from pyro_mcp.cli import env as env_cmd
-from pyro_mcp.cli import mcp as mcp_cmd
 from pyro_mcp.cli import run as run_cmd
-from pyro_mcp.cli import runtime as runtime_cmd
-from pyro_mcp.cli import workspace as workspace_cmd
 from pyro_mcp.cli.output import EXIT_ERROR, EXIT_USAGE, report_error
 from pyro_mcp.errors import PyroError, SystemFault
 from pyro_mcp.version import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 
+# The module in pyro_mcp.cli that registers each command, in the order `pyro --help` lists them.
+COMMAND_MODULES = {
+    "run": "run", "demo": "run", "env": "env", "workspace": "workspace", "mcp": "mcp",
+    "doctor": "doctor", "runtime": "runtime",
+}  # fmt: skip
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; or, for a known `command`, only that command's module's part of it
+    (a command parses and prints the same either way, without importing or building the rest)."""
     parser = argparse.ArgumentParser(
         prog="pyro",
         description="Run commands for AI agents inside disposable Linux microVMs.",
     )
     parser.add_argument("--version", action="version", version=f"pyro-mcp {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    run_cmd.register(commands)
-    env_cmd.register(commands)
-    workspace_cmd.register(commands)
-    mcp_cmd.register(commands)
-    doctor_cmd.register(commands)
-    runtime_cmd.register(commands)
+    known = COMMAND_MODULES.get(command or "")
+    for module in dict.fromkeys([known] if known else COMMAND_MODULES.values()):
+        importlib.import_module(f"pyro_mcp.cli.{module}").register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     options, command = run_cmd.split_command(args_list)
-    parser = build_parser()
+    # Top-level options take no value, so a first word not starting with "-" is the command.
+    parser = build_parser(options[0] if options and not options[0].startswith("-") else None)
     try:
         args = parser.parse_args(options)
         if command is not None and not getattr(args, "wants_command", False):

@@ -10,7 +10,7 @@ DEFAULT_PORT = 8765
 
 
 def register(commands: Any) -> None:
-    from pyro_mcp.mcp.server import DEFAULT_PROFILE, PROFILES
+    from pyro_mcp.mcp.profiles import DEFAULT_PROFILE, PROFILES
 
     mcp = commands.add_parser("mcp", help="serve pyro's tools to MCP hosts")
     sub = mcp.add_subparsers(dest="mcp_command", metavar="SUBCOMMAND", required=True)

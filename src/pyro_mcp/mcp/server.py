@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pyro_mcp.errors import InvalidArgumentError
+from pyro_mcp.mcp.profiles import DEFAULT_PROFILE, PROFILES
 from pyro_mcp.mcp.roots import Roots, default_roots
 from pyro_mcp.mcp.tools import PyroTools
 from pyro_mcp.version import __version__
@@ -20,21 +21,6 @@ if TYPE_CHECKING:
 
     from pyro_mcp.sdk import Pyro
 
-VM_RUN = ("vm_run",)
-WORKSPACE_CORE = (
-    *VM_RUN,
-    "workspace_create", "workspace_list", "workspace_update", "workspace_status",
-    "workspace_logs", "workspace_diff", "workspace_delete", "workspace_exec",
-    "workspace_sync_push", "workspace_export", "workspace_file_list", "workspace_file_read",
-    "workspace_file_write", "workspace_patch_apply", "workspace_reset",
-)  # fmt: skip
-WORKSPACE_FULL = (
-    *WORKSPACE_CORE,
-    "vm_list_environments", "vm_create", "vm_start", "vm_exec", "vm_stop", "vm_delete",
-    "vm_status", "vm_network_info", "vm_reap_expired", "workspace_stop", "workspace_start",
-)  # fmt: skip
-PROFILES = {"vm-run": VM_RUN, "workspace-core": WORKSPACE_CORE, "workspace-full": WORKSPACE_FULL}
-DEFAULT_PROFILE = "workspace-full"
 
 INSTRUCTIONS = (
     "pyro runs commands in disposable Linux microVMs, never on the user's machine. Use vm_run "
