@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
     from pyro_mcp.environments.build import Progress
+    from pyro_mcp.runtime.workspaces.commands import WorkspaceCommands
+    from pyro_mcp.runtime.workspaces.files import WorkspaceFiles
+    from pyro_mcp.runtime.workspaces.service import WorkspaceService
 
 
 class Pyro:
@@ -35,9 +38,18 @@ class Pyro:
         self.manager = manager or VmManager(cache_dir=cache_dir, state_dir=state_dir)
         self.environments = self.manager.environments
         self.vms = self.manager.vms
-        self.workspaces = self.manager.workspaces
-        self._commands = self.manager.commands
-        self._files = self.manager.files
+
+    @property
+    def workspaces(self) -> WorkspaceService:
+        return self.manager.workspaces
+
+    @property
+    def _commands(self) -> WorkspaceCommands:
+        return self.manager.commands
+
+    @property
+    def _files(self) -> WorkspaceFiles:
+        return self.manager.files
 
     # --- one-shot runs and VMs -------------------------------------------------------------
 

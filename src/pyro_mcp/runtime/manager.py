@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro_mcp.environments.service import EnvironmentService
 from pyro_mcp.environments.store import EnvironmentStore
 from pyro_mcp.runtime import snapshots
 from pyro_mcp.runtime.vms import VmService
-from pyro_mcp.runtime.workspaces.commands import WorkspaceCommands
-from pyro_mcp.runtime.workspaces.files import WorkspaceFiles
-from pyro_mcp.runtime.workspaces.service import WorkspaceService
 from pyro_mcp.state.store import StateStore
+
+if TYPE_CHECKING:
+    from pyro_mcp.runtime.workspaces.commands import WorkspaceCommands
+    from pyro_mcp.runtime.workspaces.files import WorkspaceFiles
+    from pyro_mcp.runtime.workspaces.service import WorkspaceService
 
 
 class VmManager:
@@ -24,9 +27,25 @@ class VmManager:
         store = EnvironmentStore(Path(cache_dir) / "environments" if cache_dir else None)
         self.environments = EnvironmentService(store)
         self.vms = VmService(self.environments, StateStore(Path(state_dir) if state_dir else None))
-        self.workspaces = WorkspaceService(self.vms)
-        self.commands = WorkspaceCommands(self.workspaces)
-        self.files = WorkspaceFiles(self.workspaces)
+
+    # The workspace services are built on first use: a one-shot `pyro run` never imports them.
+    @cached_property
+    def workspaces(self) -> WorkspaceService:
+        from pyro_mcp.runtime.workspaces.service import WorkspaceService
+
+        return WorkspaceService(self.vms)
+
+    @cached_property
+    def commands(self) -> WorkspaceCommands:
+        from pyro_mcp.runtime.workspaces.commands import WorkspaceCommands
+
+        return WorkspaceCommands(self.workspaces)
+
+    @cached_property
+    def files(self) -> WorkspaceFiles:
+        from pyro_mcp.runtime.workspaces.files import WorkspaceFiles
+
+        return WorkspaceFiles(self.workspaces)
 
     def prune(self) -> dict[str, Any]:
         """Remove stale environment installs and artefacts, and snapshots nothing can use."""
