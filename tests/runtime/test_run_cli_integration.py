@@ -31,6 +31,13 @@ EXIT_LIMIT = 60.0
 CLEANUP_DEADLINE = 15.0
 
 
+def _default_sigint() -> None:
+    # A test run started in the background of a non-interactive shell inherits SIGINT ignored,
+    # and so would pyro (Python then never raises KeyboardInterrupt): give pyro the default a
+    # terminal's user has, since the signal tests are about that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Cli:
     """`pyro ARGS...` in a subprocess, its output collected as it comes."""
 
@@ -42,6 +49,7 @@ class Cli:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
+            preexec_fn=_default_sigint,
         )
         self.output = {"stdout": bytearray(), "stderr": bytearray()}
         self._lock = threading.Lock()
