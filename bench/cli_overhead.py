@@ -9,7 +9,8 @@ machine hits each path alike:
 - cli_help:         `pyro --help`, a subprocess of the venv's `pyro`;
 - cli_run:          `pyro run ENV -- true`, a subprocess;
 - cli_run_unknown_env: `pyro run no-such-env:1 -- true`, which fails at the SDK call: the
-  CLI's fixed cost (interpreter, imports, parsing) without a VM's variance;
+  CLI's fixed cost (interpreter, imports, parsing, exit) without a VM's variance, which in
+  `standby_off` (a restore each run, spread over ~100 ms) blurs the differences of medians;
 - sdk_in_process:   `Pyro().run_in_vm(environment=ENV, command=["true"])` in this process;
 - sdk_subprocess:   the same call in `python -c`, so interpreter start and imports included;
 - python_start and sdk_import: `python -c pass` and `python -c "import pyro_mcp.sdk"`, to say

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import gc
+import subprocess
+import sys
 
 import pytest
 
@@ -81,3 +84,18 @@ def test_a_commands_own_parser_parses_and_prints_like_the_whole_one(
     whole = parse_outcome(build_parser(), argv, capsys)
     assert parse_outcome(build_parser(argv[0]), argv, capsys) == whole
     assert whole[0] in (0, 2) or isinstance(whole[0], dict)
+
+
+def test_only_the_program_freezes_its_objects_at_the_end() -> None:
+    frozen = gc.get_freeze_count()
+    assert main(["--version"]) == 0
+    assert gc.get_freeze_count() == frozen  # a caller's objects stay collectable
+    probe = (
+        "import gc\nfrom pyro_mcp.cli.main import main\n"
+        "before = gc.get_freeze_count()\nmain()\nprint(gc.get_freeze_count() - before)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "--version"], capture_output=True, text=True, check=True
+    )
+    version, newly_frozen = done.stdout.split()[-2:]
+    assert version == __version__ and int(newly_frozen) > 0

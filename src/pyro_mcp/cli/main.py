@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -37,7 +38,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    """Run `pyro` on `argv`; without it, as this process's program, on sys.argv."""
+    if argv is not None:
+        return _main(list(argv))
+    try:
+        return _main(sys.argv[1:])
+    finally:
+        # The process ends next. Frozen, the objects it made are left to the OS instead of
+        # being walked by each of the collections of interpreter shutdown (~20 ms of a run).
+        gc.freeze()
+
+
+def _main(args_list: list[str]) -> int:
     options, command = run_cmd.split_command(args_list)
     # Top-level options take no value, so a first word not starting with "-" is the command.
     parser = build_parser(options[0] if options and not options[0].startswith("-") else None)
