@@ -63,11 +63,13 @@ def supervisor_of(pyro: Pyro, guard: LeakGuard, vm_id: str) -> ProcessRef:
 
 def guest_processes(pyro: Pyro, vm_id: str) -> list[tuple[str, str]]:
     """(comm, state) of every process in the guest, read from its /proc."""
+    # A process can vanish between the two reads (init reaps an orphan's zombie at any time):
+    # no state means it is gone, not that it runs.
     script = (
         "for p in /proc/[0-9]*; do "
         "c=$(cat $p/comm 2>/dev/null) || continue; "
         "s=$(sed -n 's/^.*) \\(.\\).*/\\1/p' $p/stat 2>/dev/null); "
-        'echo "$c|$s"; done'
+        '[ -n "$s" ] && echo "$c|$s"; done; true'
     )
     _, result, _ = pyro.vms.exec_in(vm_id, script)
     assert result.exit_code == 0, result.stderr
