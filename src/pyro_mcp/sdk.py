@@ -125,7 +125,7 @@ class Pyro:
         return self.vms.status_vm(vm_id)
 
     def network_info_vm(self, vm_id: str) -> dict[str, Any]:
-        """The VM's network settings (guest networking is off in this version)."""
+        """The VM's network: guest and gateway addresses, MAC, DNS, allowlist, or why none."""
         return self.vms.network_info_vm(vm_id)
 
     def reap_expired(self) -> dict[str, Any]:
@@ -147,10 +147,12 @@ class Pyro:
         secrets: list[dict[str, str]] | None = None,
         name: str | None = None,
         labels: dict[str, str] | None = None,
+        allow_hosts: list[str] | None = None,
         on_phase: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Boot a persistent workspace; `seed_path` (a directory or .tar/.tar.gz/.tgz) fills
-        /workspace and becomes the baseline that diff and reset compare against."""
+        /workspace and becomes the baseline that diff and reset compare against. With a
+        network policy, `allow_hosts` (domains, `*.domain`, IPv4 CIDRs) limits egress to them."""
         del allow_host_compat  # accepted for compatibility: commands never run on the host
         return self.workspaces.create(
             environment=environment,
@@ -162,6 +164,7 @@ class Pyro:
             secrets=secrets,
             name=name,
             labels=labels,
+            allow_hosts=allow_hosts,
             on_phase=on_phase,
         )
 
@@ -181,10 +184,19 @@ class Pyro:
         clear_name: bool = False,
         labels: dict[str, str] | None = None,
         clear_labels: list[str] | None = None,
+        allow_hosts: list[str] | None = None,
+        clear_allow_hosts: bool = False,
     ) -> dict[str, Any]:
-        """Set or clear the name; add, change or remove labels."""
+        """Set or clear the name; add, change or remove labels; replace or lift the egress
+        allowlist (a running workspace's filter changes at once)."""
         return self.workspaces.update(
-            workspace_id, name=name, clear_name=clear_name, labels=labels, clear_labels=clear_labels
+            workspace_id,
+            name=name,
+            clear_name=clear_name,
+            labels=labels,
+            clear_labels=clear_labels,
+            allow_hosts=allow_hosts,
+            clear_allow_hosts=clear_allow_hosts,
         )
 
     def stop_workspace(self, workspace_id: str) -> dict[str, Any]:

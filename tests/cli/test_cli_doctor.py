@@ -53,10 +53,11 @@ def fake_report(runtime_ok: bool) -> dict[str, Any]:
             "cache": {"path": "/c", "mode": None, "writable": False, "free_bytes": 5 << 30},
         },
         "networking": {
+            "ok": False,
+            "problems": ["`nft` is missing"],
             "tun_available": True,
-            "ip_binary": "/usr/sbin/ip",
             "nft_binary": None,
-            "ip_forward_enabled": False,
+            "host_ip_forward": False,
         },
         "environments": [{"name": "debian:12", "installed": True}],
         "issues": ["`lz4` is missing (unpacks Debian's cloud kernel): apt-get install -y lz4"],

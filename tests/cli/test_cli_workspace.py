@@ -132,6 +132,7 @@ def test_create_defaults(fake: FakeSdk, run: Runner) -> None:
             "seed_path": None,
             "name": None,
             "labels": None,
+            "allow_hosts": None,
         },
     )
     assert out.splitlines() == [
@@ -156,7 +157,8 @@ def test_create_defaults(fake: FakeSdk, run: Runner) -> None:
 
 OPTIONS = shlex.split(
     "--vcpu-count 2 --mem-mib 2048 --ttl-seconds 60 --allow-host-compat --seed-path ./seed "
-    "--network-policy egress+published-ports --label a=1 --label b=x=y --label a=2 --name 'my ws'"
+    "--network-policy egress+published-ports --label a=1 --label b=x=y --label a=2 --name 'my ws' "
+    "--allow-host api.example.com --allow-host 203.0.113.0/24"
 )
 
 
@@ -175,6 +177,7 @@ def test_create_maps_every_option(fake: FakeSdk, run: Runner, before: bool) -> N
         "seed_path": "./seed",
         "name": "my ws",
         "labels": {"a": "2", "b": "x=y"},
+        "allow_hosts": ["api.example.com", "203.0.113.0/24"],
     }
 
 
@@ -236,14 +239,28 @@ def test_update_maps_options(fake: FakeSdk, run: Runner, argv: list[str]) -> Non
     assert fake.call == (
         "update_workspace",
         (WID,),
-        {"name": "new", "clear_name": False, "labels": {"k": "v"}, "clear_labels": ["a", "b"]},
+        {
+            "name": "new",
+            "clear_name": False,
+            "labels": {"k": "v"},
+            "clear_labels": ["a", "b"],
+            "allow_hosts": None,
+            "clear_allow_hosts": False,
+        },
     )
     assert out.startswith(f"Workspace ID: {WID}\n")
 
 
 def test_update_clear_name(fake: FakeSdk, run: Runner) -> None:
     assert run("update", WID, "--clear-name", "--json")[0] == 0
-    assert fake.call[2] == {"name": None, "clear_name": True, "labels": None, "clear_labels": None}
+    assert fake.call[2] == {
+        "name": None,
+        "clear_name": True,
+        "labels": None,
+        "clear_labels": None,
+        "allow_hosts": None,
+        "clear_allow_hosts": False,
+    }
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,7 @@ VARIATIONS: dict[str, Callable[[pytest.MonkeyPatch], dict[str, Any]]] = {
     "vcpu_count": lambda mp: snapshot_key(installed(), QEMU_TCG, 2, 1024, 0),
     "mem_mib": lambda mp: snapshot_key(installed(), QEMU_TCG, 1, 2048, 0),
     "disk_mib": lambda mp: snapshot_key(installed(), QEMU_TCG, 1, 1024, 512),
+    "network": lambda mp: snapshot_key(installed(), QEMU_TCG, 1, 1024, 0, network=True),
 }
 
 

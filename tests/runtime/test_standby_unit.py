@@ -21,7 +21,13 @@ from pyro_mcp.runtime.standby import StandbyPool
 from pyro_mcp.state.store import StateStore
 
 MODE = "qemu-tcg"
-KIND = {"environment": "debian:12", "vcpu_count": 1, "mem_mib": 1024, "disk_mib": 0}
+KIND = {
+    "environment": "debian:12",
+    "vcpu_count": 1,
+    "mem_mib": 1024,
+    "disk_mib": 0,
+    "network_enabled": 0,
+}
 
 
 @pytest.fixture
@@ -111,6 +117,7 @@ def test_claim_takes_the_oldest_ready_standby_and_marks_it_claimed(store: StateS
         {"vcpu_count": 2},
         {"mem_mib": 2048},
         {"disk_mib": 512},
+        {"network_enabled": 1},
         {"mode": "firecracker-kvm"},
         {"state": "standby-booting"},
         {"state": "claimed"},

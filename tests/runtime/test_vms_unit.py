@@ -12,6 +12,7 @@ import pytest
 
 from pyro_mcp.errors import InvalidArgumentError, NotFoundError, WrongStateError
 from pyro_mcp.sdk import Pyro
+from pyro_mcp.state import network as slots
 
 
 @pytest.fixture
@@ -43,10 +44,28 @@ def test_create_vm_refuses_out_of_range_resources(
     assert rows(pyro) == []
 
 
-def test_networking_is_refused_with_a_hint(pyro: Pyro) -> None:
-    with pytest.raises(InvalidArgumentError, match="networking") as caught:
-        pyro.create_vm(environment="debian:12", network=True)
-    assert caught.value.hint is not None and "network=False" in caught.value.hint
+def test_a_networked_vm_holds_an_uplink_slot_until_it_is_deleted(pyro: Pyro) -> None:
+    vm = pyro.create_vm(environment="debian:12", network=True)
+    assert vm["network_enabled"] is True and vm["guest_ip"] == "172.16.0.2"
+    assert vm["tap_name"] == "tap0"
+    info = pyro.network_info_vm(vm["vm_id"])
+    assert info["network_enabled"] is True and info["outbound_connectivity_expected"] is False
+    assert info["gateway_ip"] == "172.16.0.1" and info["dns_servers"] == ["172.16.0.1"]
+    assert slots.held(pyro.vms.store) == {vm["vm_id"]: 0}
+    pyro.delete_vm(vm["vm_id"])
+    assert slots.held(pyro.vms.store) == {}
+
+
+def test_a_vm_without_network_says_why(pyro: Pyro) -> None:
+    vm = pyro.create_vm(environment="debian:12")
+    info = pyro.network_info_vm(vm["vm_id"])
+    assert info["network_enabled"] is False and "no network device" in info["reason"]
+    assert slots.held(pyro.vms.store) == {}
+
+
+def test_network_must_be_a_boolean(pyro: Pyro) -> None:
+    with pytest.raises(InvalidArgumentError, match="network must be true or false"):
+        pyro.create_vm(environment="debian:12", network="yes")  # type: ignore[arg-type]
     assert rows(pyro) == []
 
 

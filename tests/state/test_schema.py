@@ -245,6 +245,6 @@ def test_processes_opening_an_old_database_at_once_migrate_it_once(tmp_path: Pat
         out, err = opener.communicate(timeout=120)
         assert opener.returncode == 0, err
         applied += json.loads(out)
-    assert applied == [1]
+    assert sorted(applied) == list(range(1, schema.current_version() + 1))
     store = StateStore(tmp_path)
     assert columns(store, "vms") == VM_COLUMNS and store.get_vm("old") is not None

@@ -11,7 +11,13 @@ from framework.state_rows import vm_record
 from pyro_mcp.state import vms as vm_rows
 from pyro_mcp.state.store import StateStore
 
-KIND = {"environment": "debian:12", "vcpu_count": 1, "mem_mib": 1024, "disk_mib": 0}
+KIND = {
+    "environment": "debian:12",
+    "vcpu_count": 1,
+    "mem_mib": 1024,
+    "disk_mib": 0,
+    "network_enabled": 0,
+}
 
 
 @pytest.fixture

@@ -70,6 +70,18 @@ cp /bin/busybox /newroot/opt/pyro/busybox
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 
+# Loopback always; eth0 only when the VM has a NIC (pyro.net=ADDRESS/PREFIX,GATEWAY). The guest
+# speaks IPv4 only: its network filters IPv6 by having none. The gateway is also its resolver.
+ip link set lo up
+net=$(arg pyro.net) && {
+    echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6 2>/dev/null
+    echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6 2>/dev/null
+    ip link set eth0 up && ip addr add "${net%,*}" dev eth0 \
+        && ip route add default via "${net#*,}" || fail "cannot configure eth0 from pyro.net=$net"
+    rm -f /newroot/etc/resolv.conf
+    echo "nameserver ${net#*,}" >/newroot/etc/resolv.conf
+}
+
 hostname=$(arg pyro.hostname) || hostname=pyro
 echo "$hostname" >/newroot/etc/hostname
 hostname "$hostname"

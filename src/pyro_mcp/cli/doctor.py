@@ -56,10 +56,9 @@ def _render(report: dict[str, Any]) -> None:
             f"writable={_yes(info['writable'])} free={free:.1f} GiB"
         )
     net = report["networking"]
-    forward = _yes(net["ip_forward_enabled"])
     print(
-        f"Networking: tun={_yes(net['tun_available'])} ip={net['ip_binary'] or 'missing'} "
-        f"nft={net['nft_binary'] or 'missing'} ip_forward={forward}"
+        f"Networking: {'ok' if net['ok'] else 'UNAVAILABLE'} tun={_yes(net['tun_available'])} "
+        f"nft={net['nft_binary'] or 'missing'} host_ip_forward={_yes(net['host_ip_forward'])}"
     )
     installed = [e["name"] for e in report["environments"] if e["installed"]]
     print(f"Environments installed: {', '.join(installed) or 'none'}")

@@ -35,7 +35,7 @@ def add_vm_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mem-mib", type=int, default=1024, help="guest memory (256-32768)")
     parser.add_argument("--ttl-seconds", type=int, default=600, help="VM lifetime limit")
     parser.add_argument(
-        "--network", action="store_true", help="attach a network (not yet available)"
+        "--network", action="store_true", help="give the VM egress to public addresses only"
     )
     parser.add_argument(
         "--allow-host-compat",
@@ -57,7 +57,7 @@ def register(commands: Any) -> None:
     run.set_defaults(handler=_run, wants_command=True)
 
     demo = commands.add_parser("demo", help="run `git --version` in a fresh debian:12 VM")
-    demo.add_argument("--network", action="store_true", help="not yet available")
+    demo.add_argument("--network", action="store_true", help="with egress to public addresses")
     demo.set_defaults(handler=_demo)
 
 

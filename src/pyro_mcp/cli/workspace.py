@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pyro_mcp.sdk import Pyro
 
 NETWORK_POLICIES = ("off", "egress", "egress+published-ports")
+ALLOW_HOST_HELP = "only this domain (*.example.com too) or IPv4 CIDR is reachable; repeatable"
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -91,7 +92,13 @@ def _register_create(sub: Any) -> None:
     create.add_argument("--vcpu-count", type=int, default=1, help="virtual CPUs")
     create.add_argument("--mem-mib", type=int, default=1024, help="guest memory in MiB")
     create.add_argument("--ttl-seconds", type=int, default=600, help="lifetime limit in seconds")
-    create.add_argument("--network-policy", choices=NETWORK_POLICIES, default="off")
+    create.add_argument(
+        "--network-policy",
+        choices=NETWORK_POLICIES,
+        default="off",
+        help="off: no network device; egress: public addresses only (default: off)",
+    )
+    create.add_argument("--allow-host", action="append", metavar="NAME|CIDR", help=ALLOW_HOST_HELP)
     create.add_argument(
         "--allow-host-compat", action="store_true", help="accepted for compatibility"
     )
@@ -106,12 +113,22 @@ def _register_create(sub: Any) -> None:
 def _register_lifecycle(sub: Any) -> None:
     _register_create(sub)
     _leaf(sub, "list", "list workspaces, most recently active first", _list)
-    update = _on_workspace(sub, "update", "rename a workspace or change its labels", _update)
+    update = _on_workspace(sub, "update", "rename, relabel, or change the allowlist", _update)
     names = update.add_mutually_exclusive_group()
     names.add_argument("--name", help="new name")
     names.add_argument("--clear-name", action="store_true", help="remove the name")
     update.add_argument("--label", action="append", metavar="KEY=VALUE", help="set; repeatable")
     update.add_argument("--clear-label", action="append", metavar="KEY", help="remove; repeatable")
+    hosts = update.add_mutually_exclusive_group()
+    hosts.add_argument(
+        "--allow-host",
+        action="append",
+        metavar="NAME|CIDR",
+        help="replaces the allowlist; " + ALLOW_HOST_HELP,
+    )
+    hosts.add_argument(
+        "--clear-allow-hosts", action="store_true", help="lift the allowlist: plain egress"
+    )
     _on_workspace(sub, "status", "show a workspace", _status)
     _on_workspace(sub, "logs", "show every command run in a workspace, with output", _logs)
     _on_workspace(sub, "delete", "delete a workspace and everything in it", _delete)
@@ -225,6 +242,7 @@ def _create(args: argparse.Namespace) -> int:
         seed_path=args.seed_path,
         name=args.name,
         labels=labels,
+        allow_hosts=args.allow_host,
         on_phase=_phases(args),
     )
     if args.id_only:
@@ -247,6 +265,8 @@ def _update(args: argparse.Namespace) -> int:
         clear_name=args.clear_name,
         labels=labels,
         clear_labels=args.clear_label,
+        allow_hosts=args.allow_host,
+        clear_allow_hosts=args.clear_allow_hosts,
     )
     show(workspace, args.json, render.summary)
     return 0

@@ -82,7 +82,7 @@ def summary(ws: dict[str, Any], title: str = "Workspace ID") -> None:
         f"Environment: {ws['environment']} {ws.get('environment_version') or ''}".rstrip(),
         f"State: {_state_text(ws)}",
         f"Workspace: {ws['workspace_path']}",
-        f"Network policy: {ws['network_policy']}",
+        f"Network policy: {_network_text(ws)}",
         f"Workspace seed: {_seed_text(ws.get('workspace_seed'))}",
         f"Secrets: {secrets or '-'}",
         f"Execution mode: {ws['execution_mode']}",
@@ -94,6 +94,13 @@ def summary(ws: dict[str, Any], title: str = "Workspace ID") -> None:
         f"Last command: {_last_command_text(ws.get('last_command'))}",
     ]
     print("\n".join(lines))
+
+
+def _network_text(ws: dict[str, Any]) -> str:
+    if not ws.get("network_enabled"):
+        return str(ws["network_policy"])
+    allowed = ", ".join(ws.get("allow_hosts") or []) or "any public address"
+    return f"{ws['network_policy']} (guest {ws['guest_ip']}; allowed: {allowed})"
 
 
 def reset_summary(ws: dict[str, Any]) -> None:

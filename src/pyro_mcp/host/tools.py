@@ -30,10 +30,7 @@ IMAGE_BUILD_TOOLS = (
 
 QEMU = Tool("qemu-system-x86_64", "qemu-system-x86", "runs VMs with KVM or TCG")
 
-NETWORK_TOOLS = (
-    Tool("ip", "iproute2", "creates TAP devices for guest networking"),
-    Tool("nft", "nftables", "filters and NATs guest traffic"),
-)
+NFT = Tool("nft", "nftables", "filters and NATs guest traffic")
 
 
 def require(*tools: Tool) -> dict[str, str]:

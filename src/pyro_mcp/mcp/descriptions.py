@@ -10,7 +10,8 @@ VM_RUN = (
     "Run one command in a fresh, disposable Linux microVM and delete the VM afterwards. Use it "
     "for any command that must not run on the user's machine. `command` is a shell string "
     "(run with sh -lc) or an argv list. Returns stdout, stderr, exit_code (124 on timeout, "
-    "with the output so far) and duration_ms; each stream is capped at 1 MiB. No network. "
+    "with the output so far) and duration_ms; each stream is capped at 1 MiB. network=true "
+    "gives the VM egress to public addresses only (never the host, LAN or cloud metadata). "
     + ENV_HINT
 )
 WORKSPACE_CREATE = (
@@ -18,7 +19,8 @@ WORKSPACE_CREATE = (
     "deleted or its ttl_seconds (60-3600, default 600) runs out. seed_path (a host directory or "
     ".tar/.tar.gz/.tgz inside the server's allowed roots) fills /workspace and becomes the "
     "baseline that workspace_diff and workspace_reset compare against. Returns workspace_id. "
-    + ENV_HINT
+    "network_policy (full profile) 'egress' reaches public addresses only; allow_hosts "
+    "(domains, *.domain, IPv4 CIDRs) narrows egress to those. " + ENV_HINT
 )
 WORKSPACE_EXEC = (
     "Run a command in a workspace, in /workspace; files and installed packages persist for "
@@ -43,7 +45,10 @@ DESCRIPTIONS = {
     "vm_stop": ("Stop a VM (its record stays, as `stopped`)."),
     "vm_delete": ("Stop a VM if needed and remove every trace of it."),
     "vm_status": ("A VM's state (created, started or stopped, with the reason) and settings."),
-    "vm_network_info": ("A VM's network settings (VMs have no network in this version)."),
+    "vm_network_info": (
+        "A VM's network: guest_ip, gateway_ip, subnet_cidr, mac_address, dns_servers and "
+        "allow_hosts, or why it has none."
+    ),
     "vm_reap_expired": (
         "Delete every VM past its TTL (their supervisors also end them on time); returns the "
         "deleted ids."
@@ -53,7 +58,9 @@ DESCRIPTIONS = {
         "List workspaces, most recently active first, with state, labels and expires_at."
     ),
     "workspace_update": (
-        "Set or clear a workspace's name; add, change or remove labels (clear_labels lists keys)."
+        "Set or clear a workspace's name; add, change or remove labels (clear_labels lists keys); "
+        "in the full profile, replace the egress allowlist (allow_hosts) or lift it "
+        "(clear_allow_hosts), effective at once."
     ),
     "workspace_status": (
         "A workspace's record: state (a workspace whose VM died shows `stopped` with the "

@@ -53,7 +53,7 @@ def create_server(
     server: MCPServer = MCPServer(
         name="pyro_mcp", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
     )
-    table = PyroTools(pyro, roots).table()
+    table = PyroTools(pyro, roots, full=profile == "workspace-full").table()
     for name in PROFILES[profile]:
         fn, description = table[name]
         server.add_tool(fn, name=name, description=description)

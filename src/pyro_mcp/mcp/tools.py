@@ -2,10 +2,10 @@
 
 A tool's parameters are its SDK method's, read from the method's signature, less the ones
 that only make sense in-process (callbacks) or whose capability is not in this version
-(secrets, network policies). The MCP SDK derives the input schema from that signature and
-runs the call in a worker thread, so a long boot never stalls the server. Host paths go
-through the allowed roots first; results are bounded; a PyroError becomes a tool error
-carrying the same message the CLI prints.
+(secrets); the smaller profiles also leave out the network knobs, as 3.11 did. The MCP SDK
+derives the input schema from that signature and runs the call in a worker thread, so a long
+boot never stalls the server. Host paths go through the allowed roots first; results are
+bounded; a PyroError becomes a tool error carrying the same message the CLI prints.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ SDK_METHODS = {
     "workspace_patch_apply": "apply_workspace_patch",
     "workspace_reset": "reset_workspace",
 }
-HIDDEN = frozenset({"on_output", "on_phase", "progress", "secrets", "network_policy", "secret_env"})
+HIDDEN = frozenset({"on_output", "on_phase", "progress", "secrets", "secret_env"})
+FULL_ONLY = frozenset({"network_policy", "allow_hosts", "clear_allow_hosts"})
 # Host paths the model may name, and whether they must exist already.
 HOST_PATHS = {"seed_path": True, "source_path": True, "output_path": False}
 
@@ -78,8 +79,9 @@ AFTER: dict[str, Callable[[Any], dict[str, Any]]] = {
 class PyroTools:
     """Every tool of every profile; a profile picks some of them by name."""
 
-    def __init__(self, pyro: Pyro, roots: Roots) -> None:
+    def __init__(self, pyro: Pyro, roots: Roots, *, full: bool = True) -> None:
         self.pyro, self.roots = pyro, roots
+        self.hidden = HIDDEN if full else HIDDEN | FULL_ONLY
 
     def table(self) -> dict[str, tuple[Tool, str]]:
         """Tool name -> (function, description)."""
@@ -88,7 +90,7 @@ class PyroTools:
     def _tool(self, name: str) -> Tool:
         method: Callable[..., Any] = getattr(self.pyro, SDK_METHODS[name])
         signature = inspect.signature(method, eval_str=True)
-        params = [p for p in signature.parameters.values() if p.name not in HIDDEN]
+        params = [p for p in signature.parameters.values() if p.name not in self.hidden]
         after: Callable[[Any], dict[str, Any]] = AFTER.get(name, _as_is)
 
         def call(**arguments: Any) -> dict[str, Any]:

@@ -93,15 +93,9 @@ def _directory(path: Path) -> dict[str, Any]:
 
 
 def _networking() -> dict[str, Any]:
-    forward = Path("/proc/sys/net/ipv4/ip_forward")
-    found = {tool.command: tool.path() for tool in tools.NETWORK_TOOLS}
-    return {
-        "tun_available": Path("/dev/net/tun").exists(),
-        "ip_binary": found["ip"],
-        "nft_binary": found["nft"],
-        "iptables_binary": shutil.which("iptables"),
-        "ip_forward_enabled": forward.exists() and forward.read_text().strip() == "1",
-    }
+    from pyro_mcp.network.check import check
+
+    return check()
 
 
 def _image_build() -> dict[str, Any]:
@@ -205,14 +199,8 @@ def _issues(report: dict[str, Any]) -> list[str]:
         if path is None:
             tool = next(t for t in tools.IMAGE_BUILD_TOOLS if t.command == name)
             issues.append(f"`{name}` is missing ({tool.purpose}): {tool.install_hint}")
-    for tool in tools.NETWORK_TOOLS:
-        if not report["networking"][f"{tool.command}_binary"]:
-            issues.append(
-                f"`{tool.command}` is missing ({tool.purpose}; only guest networking needs it): "
-                f"{tool.install_hint}"
-            )
-    if not report["networking"]["tun_available"]:
-        issues.append("/dev/net/tun is missing (only guest networking needs it): modprobe tun")
+    for problem in report["networking"]["problems"]:
+        issues.append(f"guest networking unavailable: {problem}")
     if not report["image_build"]["root"]:
         issues.append("environment builds need root: run `pyro env pull` with sudo")
     for key in ("state", "cache"):

@@ -17,6 +17,7 @@ import platform
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,11 @@ from pyro_mcp.environments.service import InstalledEnvironment
 from pyro_mcp.environments.store import now_iso, write_json_atomic
 from pyro_mcp.errors import IntegrityError, PyroError
 from pyro_mcp.host import tools
+from pyro_mcp.network import addressing, netns
+from pyro_mcp.network.vm import guest_nic
 from pyro_mcp.protocol import frames
 from pyro_mcp.runtime.backends import BackendChoice
-from pyro_mcp.vmm.base import Backend, Snapshot, VmSpec
+from pyro_mcp.vmm.base import Backend, GuestNic, Snapshot, VmSpec
 from pyro_mcp.vmm.boot_args import boot_args
 from pyro_mcp.vmm.disks import make_disk
 
@@ -71,6 +74,8 @@ def snapshot_key(
     vcpu_count: int,
     mem_mib: int,
     disk_mib: int = 0,
+    *,
+    network: bool = False,
 ) -> dict[str, Any]:
     """Everything a snapshot depends on; any change means a different snapshot."""
     artifacts = env.manifest["artifacts"]
@@ -85,6 +90,7 @@ def snapshot_key(
         "vcpu_count": vcpu_count,
         "mem_mib": mem_mib,
         "disk_mib": disk_mib,
+        "network": network,
         "agent_version": frames.AGENT_VERSION,
         "boot_args": boot_args(choice.accel),
         "host_cpu": _cpu_model(),
@@ -245,9 +251,29 @@ def make_template(
         "template", work, env.kernel, env.initramfs, env.rootfs,
         int(key["vcpu_count"]), int(key["mem_mib"]), "pyro-template", rw_disk=disk,
     )  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if key.get("network"):
+            spec = replace(spec, nic=template_nic(stack, backend))
+        return _boot_and_save(key, spec, backend, staging)
+
+
+def template_nic(stack: contextlib.ExitStack, backend: Backend) -> GuestNic:
+    """The NIC every VM restored from a networked snapshot has: a TAP of its own namespace,
+    which the template never sends anything through."""
+    persistent = backend.name == "firecracker"
+    ns = stack.enter_context(netns.throwaway_namespace())
+    with netns.entered(ns):
+        tap = netns.open_tap(addressing.TAP_NAME, persist=persistent)
+    stack.callback(os.close, tap)
+    return guest_nic(tap, ns)
+
+
+def _boot_and_save(
+    key: dict[str, Any], spec: VmSpec, backend: Backend, staging: Path
+) -> tuple[Path, Path, Path | None, int]:
     memory, state = staging / "memory.ram", staging / "device.state"
     started = time.monotonic()
-    proc = backend.launch_template(spec, work / "console.log", memory)
+    proc = backend.launch_template(spec, spec.vm_dir / "console.log", memory)
     try:
         timeout = TEMPLATE_BOOT_TIMEOUT[str(key["accel"])]
         with GuestClient(backend.connect_agent(spec, timeout)) as client:
@@ -262,4 +288,4 @@ def make_template(
     finally:
         proc.kill()
         proc.wait()
-    return memory, state, disk, boot_ms
+    return memory, state, spec.rw_disk, boot_ms

@@ -17,7 +17,7 @@ from typing import Any
 
 from pyro_mcp.environments.service import InstalledEnvironment
 from pyro_mcp.errors import PyroError
-from pyro_mcp.runtime import launch
+from pyro_mcp.runtime import launch, network
 from pyro_mcp.runtime.backends import BackendChoice
 from pyro_mcp.runtime.vm_boot import VmBoot
 from pyro_mcp.runtime.vm_records import supervisor_of
@@ -46,7 +46,8 @@ def idle_seconds() -> int:
 
 
 def _kind(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row["environment"], row["vcpu_count"], row["mem_mib"], row["disk_mib"])
+    kind = (row["environment"], row["vcpu_count"], row["mem_mib"], row["disk_mib"])
+    return (*kind, bool(row["network_enabled"]))
 
 
 def _alive(row: dict[str, Any]) -> bool:
@@ -94,6 +95,9 @@ class StandbyPool:
                 "delete_on_exit": row["owner_pid"] is not None,
             }
             client.request("vm.claim", claim, timeout=5.0)
+            allow_hosts = network.stored_allow_hosts(row)
+            if allow_hosts:  # a standby VM starts with plain egress
+                client.request("net.allow", {"allow_hosts": allow_hosts}, timeout=30.0)
             client.configure(
                 hostname=f"pyro-{vm_id[:8]}",
                 machine_id=uuid.uuid4().hex,
@@ -140,8 +144,15 @@ class StandbyPool:
             "state": "standby-booting",
             "execution_mode": execution_mode,
             "vm_dir": str(self.store.vm_dir(vm_id)),
+            "network_enabled": int(bool(template["network_enabled"])),
         }
         self.store.insert_vm(record)
+        if record["network_enabled"]:
+            try:
+                record["net_slot"] = network.reserve(self.store, vm_id)
+            except BaseException:
+                self.store.delete_vm(vm_id)
+                raise
         return record
 
     def standby_rows(self) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from pyro_mcp.environments.service import InstalledEnvironment
 from pyro_mcp.errors import PyroError
 from pyro_mcp.runtime import launch
 from pyro_mcp.runtime.backends import BackendChoice
+from pyro_mcp.runtime.network import plan_of
 from pyro_mcp.runtime.snapshots import SnapshotCache, snapshot_key
 from pyro_mcp.state.store import StateStore
 from pyro_mcp.supervisor.config import SupervisorConfig
@@ -63,7 +64,10 @@ class VmBoot:
         if row["disk_mib"] and disk_file(row).exists():
             # The template's memory describes the template's disk, not this one's data.
             return None, "the VM's disk already holds data: cold boot"
-        key = snapshot_key(installed, choice, row["vcpu_count"], row["mem_mib"], row["disk_mib"])
+        key = snapshot_key(
+            installed, choice, row["vcpu_count"], row["mem_mib"], row["disk_mib"],
+            network=bool(row["network_enabled"]),
+        )  # fmt: skip
         try:
             found = self.snapshots.lookup(key)
             if found is None and on_phase:
@@ -151,6 +155,7 @@ class VmBoot:
             rw_disk=writable_disk(row, snapshot),
         )
         owner = row.get("owner_pid")
+        plan = plan_of(row)
         return SupervisorConfig(
             spec,
             choice.name,
@@ -164,4 +169,5 @@ class VmBoot:
             snapshot_memory=str(snapshot.memory) if snapshot else None,
             snapshot_state=str(snapshot.state) if snapshot else None,
             standby=standby_vm,
+            network=plan.to_json() if plan else None,
         )

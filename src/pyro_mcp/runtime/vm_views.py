@@ -6,6 +6,7 @@ from typing import Any
 
 from pyro_mcp.agent_client.client import ExecResult
 from pyro_mcp.runtime.arguments import Command, command_parts
+from pyro_mcp.runtime.network import view_fields
 
 
 def vm_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -19,10 +20,8 @@ def vm_view(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": row["created_at"],
         "expires_at": row["expires_at"],
         "state": row["state"],
-        "network_enabled": bool(row["network_enabled"]),
+        **view_fields(bool(row["network_enabled"])),
         "allow_host_compat": False,
-        "guest_ip": None,
-        "tap_name": None,
         "execution_mode": row["execution_mode"],
         "stop_reason": row["stop_reason"],
         "metadata": vm_metadata(row),

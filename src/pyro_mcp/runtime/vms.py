@@ -8,6 +8,7 @@ standby VMs in standby.py, one-shot runs in one_shot.py, result shapes in vm_vie
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from pyro_mcp.environments.service import EnvironmentService
 from pyro_mcp.errors import InvalidArgumentError, NotFoundError, WrongStateError
 from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.runtime import backends, launch, one_shot, standby, vm_records
+from pyro_mcp.runtime import network as net
 from pyro_mcp.runtime.arguments import Command, OutputCallback, check_range, command_parts
 from pyro_mcp.runtime.snapshots import SnapshotCache
 from pyro_mcp.runtime.standby import StandbyPool
@@ -61,19 +63,19 @@ class VmService:
         _disk_path: Path | None = None,
         _workspace_id: str | None = None,
         _expires_at: float | None = None,
+        _allow_hosts: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Record a VM (state `created`); nothing runs until start_vm.
+        """Record a VM (state `created`); nothing runs until start_vm. `network=True` gives it
+        egress to public addresses (and an uplink slot, held until it stops).
 
         A workspace's VM keeps its disk at `_disk_path`, outside the VM's directory."""
         del allow_host_compat  # accepted for compatibility: commands never run on the host
         vcpu_count = check_range("vcpu_count", vcpu_count)
         mem_mib = check_range("mem_mib", mem_mib)
         ttl_seconds = check_range("ttl_seconds", ttl_seconds)
-        if network:
-            raise InvalidArgumentError(
-                "guest networking is not available in this version",
-                hint="pass network=False; VMs run with no network device",
-            )
+        if not isinstance(network, bool):
+            raise InvalidArgumentError(f"network must be true or false, got {network!r}")
+        allow_hosts = net.check_allow_hosts(_allow_hosts, network)
         env = self.envs.inspect(environment)
         vm_id = uuid.uuid4().hex[:12]
         now = time.time()
@@ -94,9 +96,20 @@ class VmService:
             "disk_mib": _disk_mib,
             "disk_path": str(_disk_path) if _disk_path else None,
             "workspace_id": _workspace_id,
+            "network_enabled": int(network),
+            "allow_hosts": json.dumps(allow_hosts),
         }
         self.store.insert_vm(record)
+        if network:
+            self._reserve(vm_id)
         return self.status_vm(vm_id)
+
+    def _reserve(self, vm_id: str) -> None:
+        try:
+            net.reserve(self.store, vm_id)
+        except BaseException:
+            self.store.delete_vm(vm_id)
+            raise
 
     def start_vm(self, vm_id: str, *, on_phase: Phase | None = None) -> dict[str, Any]:
         """Boot the VM (or claim a standby one) and wait until its guest agent answers."""
@@ -105,6 +118,9 @@ class VmService:
             raise WrongStateError(f"VM {vm_id} is already started")
         if time.time() >= row["expires_at"]:
             raise WrongStateError(f"VM {vm_id} has expired", hint="create a new VM")
+        if row["network_enabled"] and row["net_slot"] is None:  # restarted: its slot went
+            net.reserve(self.store, vm_id)
+            row = vm_records.load(self.store, vm_id)
         installed = self.envs.ensure(row["environment"])
         choice = backends.choose(installed)
         snapshot, note = self.boot.warm_snapshot(installed, choice, row, on_phase)
@@ -212,13 +228,16 @@ class VmService:
         return [vm_view(self.reconcile(row)) for row in rows]
 
     def network_info_vm(self, vm_id: str) -> dict[str, Any]:
-        vm_records.load(self.store, vm_id)
-        return {
-            "vm_id": vm_id,
-            "network_enabled": False,
-            "outbound_connectivity_expected": False,
-            "reason": "this VM has no network device (guest networking is off)",
-        }
+        return net.info(vm_records.load(self.store, vm_id))
+
+    def set_allow_hosts(self, vm_id: str, allow_hosts: list[str]) -> dict[str, Any]:
+        """Change a VM's allowlist: recorded, and applied at once if the VM runs."""
+        row = vm_records.load(self.store, vm_id)
+        self.store.update_vm(vm_id, allow_hosts=json.dumps(allow_hosts))
+        if row["state"] == "started":
+            with launch.connect(Path(row["vm_dir"])) as client:
+                client.request("net.allow", {"allow_hosts": allow_hosts}, timeout=30.0)
+        return self.network_info_vm(vm_id)
 
     def reap_expired(self) -> dict[str, Any]:
         now = time.time()

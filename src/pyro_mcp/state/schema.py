@@ -20,13 +20,13 @@ VM_COLUMNS = (
     "created_at", "expires_at", "state", "backend", "execution_mode", "vm_dir",
     "supervisor_pid", "supervisor_start", "owner_pid", "owner_start", "started_at",
     "stopped_at", "stop_reason", "network_enabled", "boot_mode", "boot_note", "disk_mib",
-    "disk_path", "workspace_id",
+    "disk_path", "workspace_id", "net_slot", "allow_hosts",
 )  # fmt: skip
 WORKSPACE_COLUMNS = (
     "workspace_id", "name", "labels", "environment", "environment_version", "vcpu_count",
     "mem_mib", "ttl_seconds", "created_at", "last_activity_at", "expires_at", "state",
     "stop_reason", "vm_id", "workspace_dir", "seed", "execution_mode", "command_count",
-    "reset_count", "last_reset_at",
+    "reset_count", "last_reset_at", "network_policy", "allow_hosts",
 )  # fmt: skip
 COMMAND_COLUMNS = (
     "workspace_id", "sequence", "command", "cwd", "started_at", "recorded_at", "exit_code",
@@ -122,8 +122,19 @@ def _v1(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
+def _v2(conn: sqlite3.Connection) -> None:
+    """Guest networking: a VM's uplink slot (unique while held) and allowlist, a workspace's
+    policy and allowlist, and where the next slot search starts."""
+    conn.execute("ALTER TABLE vms ADD COLUMN net_slot INTEGER")
+    conn.execute("ALTER TABLE vms ADD COLUMN allow_hosts TEXT")
+    conn.execute("CREATE UNIQUE INDEX vms_net_slot ON vms (net_slot) WHERE net_slot IS NOT NULL")
+    conn.execute("ALTER TABLE workspaces ADD COLUMN network_policy TEXT NOT NULL DEFAULT 'off'")
+    conn.execute("ALTER TABLE workspaces ADD COLUMN allow_hosts TEXT NOT NULL DEFAULT '[]'")
+    conn.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+
+
 # In order: step N takes a database from version N-1 to N. Append only; never edit a step.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
 
 
 def current_version() -> int:

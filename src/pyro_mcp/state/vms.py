@@ -19,14 +19,14 @@ def claim_standby(
     usable: Callable[[dict[str, Any]], bool],
 ) -> dict[str, Any] | None:
     """Mark the oldest `usable` standby VM of `kind` (environment, vcpu_count, mem_mib,
-    disk_mib) `claimed`; returns its row as it was before, or None."""
+    disk_mib, network_enabled) `claimed`; returns its row as it was before, or None."""
     with store.transaction() as conn:
         rows = conn.execute(
             "SELECT * FROM vms WHERE state = 'standby' AND environment = ? AND "
-            "vcpu_count = ? AND mem_mib = ? AND disk_mib = ? AND execution_mode = ? "
-            "ORDER BY created_at",
+            "vcpu_count = ? AND mem_mib = ? AND disk_mib = ? AND network_enabled = ? "
+            "AND execution_mode = ? ORDER BY created_at",
             (kind["environment"], kind["vcpu_count"], kind["mem_mib"], kind["disk_mib"],
-             execution_mode),
+             kind["network_enabled"], execution_mode),
         ).fetchall()  # fmt: skip
         for row in map(dict, rows):
             if usable(row):
@@ -36,16 +36,17 @@ def claim_standby(
 
 
 def hand_over(store: StateStore, claimed: Mapping[str, Any], vm_id: str, started_at: float) -> None:
-    """VM `vm_id` becomes the started VM that the claimed standby VM was; the standby's own
-    row goes."""
+    """VM `vm_id` becomes the started VM that the claimed standby VM was, network uplink
+    included; the standby's own row goes."""
     with store.transaction() as conn:
         conn.execute("DELETE FROM vms WHERE vm_id = ?", (claimed["vm_id"],))
         conn.execute(
             "UPDATE vms SET state = 'started', backend = ?, execution_mode = ?, vm_dir = ?, "
             "supervisor_pid = ?, supervisor_start = ?, started_at = ?, stop_reason = NULL, "
-            "boot_mode = 'standby', boot_note = '' WHERE vm_id = ?",
+            "boot_mode = 'standby', boot_note = '', net_slot = ? WHERE vm_id = ?",
             (claimed["backend"], claimed["execution_mode"], claimed["vm_dir"],
-             claimed["supervisor_pid"], claimed["supervisor_start"], started_at, vm_id),
+             claimed["supervisor_pid"], claimed["supervisor_start"], started_at,
+             claimed["net_slot"], vm_id),
         )  # fmt: skip
 
 

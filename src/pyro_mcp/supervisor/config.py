@@ -29,10 +29,12 @@ class SupervisorConfig:
     snapshot_memory: str | None = None  # warm start: restore this snapshot instead of booting
     snapshot_state: str | None = None
     standby: bool = False  # restored and warmed up ahead of demand, waiting to be claimed
+    network: dict[str, Any] | None = None  # a NetworkPlan's JSON; None: no NIC at all
 
     def to_json(self) -> str:
         data: dict[str, Any] = asdict(self)
         data["spec"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in data["spec"].items()}
+        data["spec"].pop("nic", None)  # the supervisor makes the NIC: its fds are its own
         data["state_root"] = str(self.state_root)
         return json.dumps(data, indent=2)
 

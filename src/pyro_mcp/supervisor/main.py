@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from pyro_mcp.environments.blobs import remove_tree
 from pyro_mcp.errors import GuestError, PyroError, PyroTimeoutError, VmmError
 from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.host.unix import bind_unix
+from pyro_mcp.network.vm import NetworkPlan, VmNetwork, describe, guest_nic
 from pyro_mcp.protocol import frames
 from pyro_mcp.state.store import StateStore
 from pyro_mcp.supervisor.config import CONSOLE_LOG, LOG, SOCKET, SupervisorConfig
@@ -79,6 +81,12 @@ class Supervisor:
         self.owner = (
             ProcessRef(config.owner_pid, config.owner_start or 0) if config.owner_pid else None
         )
+        self.network: VmNetwork | None = None
+        if config.network is not None:
+            plan = NetworkPlan.from_json(config.network)
+            self.network = VmNetwork(plan, persistent_tap=config.backend == "firecracker")
+        self._wiring: threading.Thread | None = None
+        self._wiring_error: BaseException | None = None
 
     # --- stopping -----------------------------------------------------------------------
 
@@ -119,6 +127,7 @@ class Supervisor:
     def boot(self) -> dict[str, Any]:
         """Restore the warm snapshot (or cold boot) and bring the agent to a configured state."""
         started = time.monotonic()
+        self._open_network()
         boot_mode, note = "cold", "no snapshot given"
         if self.config.snapshot_memory and self.config.snapshot_state:
             try:
@@ -132,6 +141,7 @@ class Supervisor:
                 self._kill_vmm()
         if boot_mode == "cold":
             sock, info, reader = self._start(restore=False, timeout=self.config.boot_timeout)
+        self._await_network()
         self.relay = Relay(sock, info)
         threading.Thread(
             target=self.relay.run_guest_reader,
@@ -144,6 +154,32 @@ class Supervisor:
         self.relay.after_local = self._after_local
         boot_ms = round((time.monotonic() - started) * 1000)
         return {**info, "boot_ms": boot_ms, "boot_mode": boot_mode, "boot_note": note}
+
+    def _open_network(self) -> None:
+        """The NIC's TAP before the VMM starts; the rest of the wiring runs beside the boot
+        (forwarding comes on last, so the guest reaches nothing before the filter is in)."""
+        if self.network is None:
+            return
+        self.network.open()
+        assert self.network.tap_fd is not None and self.network.ns_fd is not None
+        self.spec = replace(self.spec, nic=guest_nic(self.network.tap_fd, self.network.ns_fd))
+        self._wiring = threading.Thread(target=self._wire, name="network-wiring", daemon=True)
+        self._wiring.start()
+
+    def _wire(self) -> None:
+        assert self.network is not None
+        try:
+            self.network.wire()
+        except BaseException as exc:  # reported by _await_network, on the boot's thread
+            self._wiring_error = exc
+
+    def _await_network(self) -> None:
+        if self._wiring is None:
+            return
+        self._wiring.join()
+        if self._wiring_error is not None:
+            error = self._wiring_error
+            raise VmmError(f"could not set up the VM's network: {error}") from error
 
     def _start(
         self, *, restore: bool, timeout: float
@@ -257,6 +293,11 @@ class Supervisor:
             return {"stopped": self._torn_down.wait(SHUTDOWN_WAIT_S)}
         if op == "vm.claim":
             return self._claim(params)
+        if op == "net.allow":
+            if self.network is None:
+                raise VmmError("this VM has no network device")
+            self.network.set_allowlist([str(h) for h in params.get("allow_hosts") or []])
+            return describe(self.network.plan)
         return {"vm_id": self.vm_id, "clients": self.relay.client_count() if self.relay else 0}
 
     def _after_local(self, op: str) -> None:
@@ -348,6 +389,10 @@ class Supervisor:
             self.vmm.kill()
         if self.vmm is not None:
             self.vmm.wait()
+        if self._wiring is not None:
+            self._wiring.join()
+        if self.network is not None:
+            self.network.close()  # the kernel frees the namespace with its last holder
         remove_vm_files(self.spec.vm_dir)
         record(self.store, self.vm_id, self.delete_on_exit, reason)
         self._torn_down.set()
@@ -373,6 +418,7 @@ def record(store: StateStore, vm_id: str, delete_on_exit: bool, reason: str) -> 
         stopped_at=time.time(),
         supervisor_pid=None,
         supervisor_start=None,
+        net_slot=None,
     )
 
 

@@ -23,7 +23,7 @@ from pyro_mcp.protocol import frames
 log = logging.getLogger("pyro.supervisor")
 
 # Requests the supervisor answers itself instead of forwarding.
-LOCAL_OPS = ("hello", "vm.status", "vm.shutdown", "vm.claim")
+LOCAL_OPS = ("hello", "vm.status", "vm.shutdown", "vm.claim", "net.allow")
 
 
 class _Conn:

@@ -17,6 +17,22 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class GuestNic:
+    """The guest's one NIC: a TAP in the VM's network namespace (see pyro_mcp.network)."""
+
+    tap_name: str
+    mac: str
+    address: str  # the guest's, with its prefix (CIDR notation)
+    gateway: str
+    tap_fd: int | None = None  # QEMU takes the open TAP, inherited
+    netns_fd: int | None = None  # Firecracker runs in the namespace and opens the TAP by name
+
+    def boot_arg(self) -> str:
+        """What the guest init reads to configure the NIC on a cold boot."""
+        return f"pyro.net={self.address},{self.gateway}"
+
+
+@dataclass(frozen=True)
 class VmSpec:
     """Everything needed to boot one VM; all of its files live in `vm_dir` (mode 0700)."""
 
@@ -29,6 +45,7 @@ class VmSpec:
     mem_mib: int
     hostname: str
     rw_disk: Path | None = None  # None: the guest keeps its writable layer in RAM
+    nic: GuestNic | None = None  # None: no network device at all
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,13 @@ class QemuBackend:
                 "-drive", f"id=rw,file={spec.rw_disk},format=raw,if=none,cache=unsafe",
                 "-device", "virtio-blk-device,drive=rw",
             ]  # fmt: skip
+        nic: list[str] = []
+        if spec.nic is not None:
+            extra.append(spec.nic.boot_arg())
+            nic = [
+                "-netdev", f"tap,id=net0,fd={spec.nic.tap_fd},vhost=off",
+                "-device", f"virtio-net-device,netdev=net0,mac={spec.nic.mac}",
+            ]  # fmt: skip
         machine = "microvm,x-option-roms=off,rtc=off,isa-serial=on"
         ram: list[str] = []
         if memory is not None:
@@ -77,6 +84,7 @@ class QemuBackend:
             "-serial", "stdio",
             *boot,
             *drives,
+            *nic,
             "-device", "virtio-serial-device",
             "-chardev", f"socket,id=agent,path={AGENT_SOCKET},server=on,wait=off",
             "-device", f"virtserialport,chardev=agent,name={SERIAL_PORT_NAME}",
@@ -84,12 +92,12 @@ class QemuBackend:
         ]  # fmt: skip
 
     def launch(self, spec: VmSpec, console_log: Path) -> subprocess.Popen[bytes]:
-        return spawn_vmm(self.command(spec), spec.vm_dir, console_log)
+        return spawn_vmm(self.command(spec), spec.vm_dir, console_log, _inherited(spec))
 
     def launch_template(
         self, spec: VmSpec, console_log: Path, memory: Path
     ) -> subprocess.Popen[bytes]:
-        return spawn_vmm(self.command(spec, memory), spec.vm_dir, console_log)
+        return spawn_vmm(self.command(spec, memory), spec.vm_dir, console_log, _inherited(spec))
 
     def save_snapshot(self, spec: VmSpec, state: Path) -> None:
         """Write the device state of the running template; RAM stays in the template file.
@@ -119,7 +127,7 @@ class QemuBackend:
         argv = self.command(spec, snapshot.memory, restore=True)
         fd = os.open(snapshot.state, os.O_RDONLY)
         try:
-            proc = spawn_vmm(argv, spec.vm_dir, console_log, pass_fds=(fd,))
+            proc = spawn_vmm(argv, spec.vm_dir, console_log, (fd, *_inherited(spec)))
         finally:
             os.close(fd)
         qmp = Qmp.connect(spec.vm_dir / QMP_SOCKET, timeout=10.0)
@@ -137,6 +145,13 @@ class QemuBackend:
         """Connect to the virtio-serial socket once QEMU has created it."""
         path = spec.vm_dir / AGENT_SOCKET
         return connect_when_ready(path, timeout, "QEMU did not open the agent socket")
+
+
+def _inherited(spec: VmSpec) -> tuple[int, ...]:
+    """The fds QEMU must inherit: the TAP it is given by number."""
+    if spec.nic is not None and spec.nic.tap_fd is not None:
+        return (spec.nic.tap_fd,)
+    return ()
 
 
 _IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}

@@ -8,13 +8,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pyro_mcp.errors import InvalidArgumentError
+from pyro_mcp.runtime.network import view_fields
 
 WORKSPACE_PATH = "/workspace"
 TTL_RANGE = (60, 3600)
 NAME_MAX = 120
 LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LABEL_VALUE_MAX = 120
-NETWORK_POLICIES = ("off", "egress", "egress+published-ports")
 # A lifecycle change in progress; see locks.py for how a dead one is recognised.
 TRANSITIONAL = ("creating", "starting", "stopping", "resetting", "deleting")
 
@@ -73,20 +73,6 @@ def _label_value(key: str, value: Any) -> str:
     return value
 
 
-def check_network_policy(policy: Any) -> str:
-    if policy not in NETWORK_POLICIES:
-        raise InvalidArgumentError(
-            f"network_policy must be one of {', '.join(NETWORK_POLICIES)}, got {policy!r}"
-        )
-    if policy != "off":
-        raise InvalidArgumentError(
-            f"network_policy {policy!r} is not available in this version: workspaces run "
-            "with no network device",
-            hint="pass network_policy='off' (the default)",
-        )
-    return str(policy)
-
-
 def check_no_secrets(secrets: Iterable[Any] | None) -> None:
     if secrets:
         raise InvalidArgumentError(
@@ -124,11 +110,10 @@ def workspace_view(row: Mapping[str, Any], last: Mapping[str, Any] | None) -> di
         "expires_at": row["expires_at"],
         "state": row["state"],
         "stop_reason": row["stop_reason"],
-        "network_policy": "off",
-        "network_enabled": False,
+        "network_policy": row["network_policy"],
+        **view_fields(row["network_policy"] != "off"),
+        "allow_hosts": json.loads(row["allow_hosts"]),
         "allow_host_compat": False,
-        "guest_ip": None,
-        "tap_name": None,
         "execution_mode": row["execution_mode"],
         "workspace_path": WORKSPACE_PATH,
         "workspace_seed": json.loads(row["seed"]),

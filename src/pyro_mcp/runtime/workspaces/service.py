@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from pyro_mcp.errors import (
     WrongStateError,
 )
 from pyro_mcp.runtime import launch
+from pyro_mcp.runtime import network as net
 from pyro_mcp.runtime.arguments import check_range
 from pyro_mcp.runtime.vm_views import vm_metadata
 from pyro_mcp.runtime.vms import VmService
@@ -210,11 +211,15 @@ class WorkspaceService:
         secrets: Iterable[Any] | None = None,
         name: str | None = None,
         labels: Mapping[str, str] | None = None,
+        allow_hosts: Iterable[str] | None = None,
         on_phase: Phase | None = None,
     ) -> dict[str, Any]:
         """Boot a workspace with `seed_path` (a directory or .tar/.tar.gz/.tgz) in /workspace."""
         record = self._new_record(
             environment, vcpu_count, mem_mib, ttl_seconds, network_policy, secrets, name, labels
+        )
+        record["allow_hosts"] = json.dumps(
+            net.check_allow_hosts(allow_hosts, record["network_policy"] != "off")
         )
         directory = paths.ensure_private_dir(self.directory(record["workspace_id"]))
         try:
@@ -245,7 +250,7 @@ class WorkspaceService:
         vcpu_count = check_range("vcpu_count", vcpu_count)
         mem_mib = check_range("mem_mib", mem_mib)
         ttl_seconds = records.check_ttl(ttl_seconds)
-        records.check_network_policy(network_policy)
+        policy = net.check_policy(network_policy)
         records.check_no_secrets(secrets)
         env = self.vms.envs.inspect(environment)
         workspace_id, now = uuid.uuid4().hex[:12], time.time()
@@ -263,6 +268,7 @@ class WorkspaceService:
             "expires_at": now + ttl_seconds,
             "state": "creating",
             "workspace_dir": str(self.directory(workspace_id)),
+            "network_policy": policy,
         }
 
     def _boot_with_baseline(
@@ -302,6 +308,8 @@ class WorkspaceService:
             _disk_path=directory / DISK,
             _workspace_id=row["workspace_id"],
             _expires_at=row["expires_at"],
+            network=row["network_policy"] != "off",
+            _allow_hosts=json.loads(row["allow_hosts"]),
         )
         try:
             self.vms.start_vm(vm["vm_id"], on_phase=on_phase)
@@ -447,19 +455,27 @@ class WorkspaceService:
         clear_name: bool = False,
         labels: Mapping[str, str] | None = None,
         clear_labels: Iterable[str] | None = None,
+        allow_hosts: Iterable[str] | None = None,
+        clear_allow_hosts: bool = False,
     ) -> dict[str, Any]:
-        """Change the name or labels; an update that changes nothing is refused."""
+        """Change the name, labels or egress allowlist (at once, on a running workspace); an
+        update that changes nothing is refused."""
         if name is not None and clear_name:
             raise InvalidArgumentError("pass either name or clear_name, not both")
         new_name, new_labels = records.check_name(name), records.check_labels(labels)
         drop = [records.check_label_key(key) for key in (clear_labels or [])]
+        hosts = _allowlist_change(allow_hosts, clear_allow_hosts)
         self.row(workspace_id)  # exists, not expired
+        if hosts is not None:
+            self._set_allow_hosts(workspace_id, hosts)
+            if name is None and not clear_name and not labels and not clear_labels:
+                return self.view(workspace_id)
 
         def change(row: dict[str, Any]) -> tuple[str | None, str]:
             current = json.loads(row["labels"])
             merged = {k: v for k, v in {**current, **new_labels}.items() if k not in drop}
             final_name = None if clear_name else (new_name if name is not None else row["name"])
-            if merged == current and final_name == row["name"]:
+            if merged == current and final_name == row["name"] and hosts is None:
                 raise InvalidArgumentError(
                     "the update changes nothing",
                     hint="pass a new name, clear_name, labels or clear_labels",
@@ -471,6 +487,40 @@ class WorkspaceService:
         except LookupError:
             raise NotFoundError(f"workspace {workspace_id!r} does not exist") from None
         return self.view(workspace_id)
+
+    def _set_allow_hosts(self, workspace_id: str, hosts: Sequence[str]) -> None:
+        """Record the allowlist and apply it to the running VM, with no lifecycle change
+        swapping the VM meanwhile (a VM started later reads the record)."""
+        directory = self.known_directory(workspace_id)
+        with locks.hold(directory, locks.USE, exclusive=False, timeout=CHANGE_WAIT_S):
+            row = self.row(workspace_id)
+            if row["network_policy"] == "off":
+                raise InvalidArgumentError(
+                    f"workspace {workspace_id} has no network (network_policy 'off')",
+                    hint="an allowlist filters egress: create a workspace with "
+                    "network_policy='egress' to use one",
+                )
+            self.store.update("workspaces", workspace_id, allow_hosts=json.dumps([*hosts]))
+            if row["state"] == "started" and row["vm_id"]:
+                self.vms.set_allow_hosts(row["vm_id"], [*hosts])
+
+
+def _allowlist_change(allow_hosts: Iterable[str] | None, clear: bool) -> list[str] | None:
+    """The new allowlist an update asks for, or None to keep it."""
+    if allow_hosts is not None and clear:
+        raise InvalidArgumentError("pass either allow_hosts or clear_allow_hosts, not both")
+    if clear:
+        return []
+    if allow_hosts is None:
+        return None
+    hosts = net.check_allow_hosts(allow_hosts, True)
+    if not hosts:
+        raise InvalidArgumentError(
+            "allow_hosts is empty",
+            hint="to lift the allowlist (plain egress), pass clear_allow_hosts=True "
+            "(CLI: --clear-allow-hosts)",
+        )
+    return hosts
 
 
 def _seed_view(seed: archives.SeedArchive, entry_count: int, bytes_written: int) -> dict[str, Any]:
