@@ -1,0 +1,63 @@
+"""Networked VMs under test: pyro runs inside the fake internet's pyro-host namespace, and
+whatever networking it set up for a VM is proven gone afterwards.
+
+The fixture moves the test's own main thread into the pyro-host namespace (namespaces belong
+to threads), so every supervisor the SDK starts from it, and every VM namespace and uplink
+those make, lives there; the route guard runs first, and the resolver the VMs' DNS
+forwarders ask is the fake internet's. Once a test has deleted its VMs,
+`assert_no_network_leftovers` insists that no `pyv*` uplink, no table but the shared
+`pyro_host` one, no named namespace and no uplink slot is left.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from framework.fake_internet import ADDRESSES, FakeInternet
+from framework.waiting import wait_until
+from pyro_mcp.network import netns
+from pyro_mcp.network.rules import HOST_TABLE
+from pyro_mcp.sdk import Pyro
+from pyro_mcp.state import network as slots
+
+UPLINK_PREFIX = "pyv"
+
+
+def uplinks(net: FakeInternet) -> list[str]:
+    return [name for name in net.links_in_host_ns() if name.startswith(UPLINK_PREFIX)]
+
+
+def tables(net: FakeInternet) -> list[str]:
+    return sorted(item["table"]["name"] for item in net.nft_ruleset() if "table" in item)
+
+
+def network_leftovers(net: FakeInternet, pyro: Pyro) -> list[str]:
+    found = [f"uplink {name} in the pyro-host namespace" for name in uplinks(net)]
+    found += [f"nftables table {t}" for t in tables(net) if t != HOST_TABLE]
+    found += [f"named network namespace {name}" for name in net.new_named_netns()]
+    if pyro.vms.store.path.exists():
+        found += [f"uplink slot {s} held by {v}" for v, s in slots.held(pyro.vms.store).items()]
+    return found
+
+
+@pytest.fixture
+def net_pyro(
+    vm_pyro: Pyro, fake_internet: FakeInternet, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Pyro]:
+    """`vm_pyro`, running inside the fake internet's pyro-host namespace."""
+    fake_internet.assert_routes_are_ours()
+    monkeypatch.setenv("PYRO_DNS_UPSTREAM", ADDRESSES.dns)
+    target = os.open(fake_internet.host_ns_path(), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with netns.entered(target):
+            yield vm_pyro
+    finally:
+        os.close(target)
+
+
+def assert_no_network_leftovers(net: FakeInternet, pyro: Pyro) -> None:
+    """Wait out the kernel's asynchronous namespace teardown, then insist nothing is left."""
+    wait_until(lambda: not network_leftovers(net, pyro), "VM networking to be gone", 15)
