@@ -8,9 +8,11 @@ TTL, cleanup) is backend-independent and lives in the supervisor.
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -96,10 +98,23 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
+def _in_namespace(netns_fd: int) -> Callable[[], None]:
+    def enter() -> None:
+        _die_with_parent()
+        os.setns(netns_fd, os.CLONE_NEWNET)
+
+    return enter
+
+
 def spawn_vmm(
-    argv: list[str], cwd: Path, console_log: Path, pass_fds: tuple[int, ...] = ()
+    argv: list[str],
+    cwd: Path,
+    console_log: Path,
+    pass_fds: tuple[int, ...] = (),
+    netns_fd: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a VMM process bound to our lifetime, console output to `console_log`."""
+    """Start a VMM process bound to our lifetime, console output to `console_log`; with
+    `netns_fd`, inside that network namespace (a VMM that opens its TAP by name)."""
     with console_log.open("ab") as log:
         return subprocess.Popen(
             argv,
@@ -108,5 +123,5 @@ def spawn_vmm(
             stdout=log,
             stderr=subprocess.STDOUT,
             pass_fds=pass_fds,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent if netns_fd is None else _in_namespace(netns_fd),
         )

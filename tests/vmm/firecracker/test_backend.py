@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from framework.firecracker_harness import (
 from framework.waiting import WAIT, wait_until
 from pyro_mcp.agent_client.client import GuestClient
 from pyro_mcp.errors import GuestError, HostRequirementError, PyroTimeoutError, VmmError
-from pyro_mcp.vmm.base import VmSpec
+from pyro_mcp.network import netns
+from pyro_mcp.vmm.base import GuestNic, VmSpec
 from pyro_mcp.vmm.boot_args import boot_args
 from pyro_mcp.vmm.firecracker import backend as fc_backend
 from pyro_mcp.vmm.firecracker.api import FirecrackerApi
@@ -63,6 +65,20 @@ def test_configure_sends_the_exact_sequence(fake_api: FakeApi, tmp_path: Path, r
     ]
     assert fake_api.requests == expected
     assert "nomodule" not in args
+
+
+def test_configure_gives_a_nic_its_tap_by_name_before_the_start(
+    fake_api: FakeApi, tmp_path: Path
+) -> None:
+    nic = GuestNic("tap0", "02:50:59:00:00:02", "172.16.0.2/30", "172.16.0.1", netns_fd=9)
+    spec = replace(make_spec(tmp_path, rw=False), nic=nic)
+    backend = plain_backend(tmp_path)
+    backend.configure(FirecrackerApi(tmp_path / "api.sock"), spec, backend.prepare(spec))
+    paths = [path for _, path, _ in fake_api.requests]
+    assert paths[-2:] == ["/network-interfaces/eth0", "/actions"]
+    iface = {"iface_id": "eth0", "guest_mac": "02:50:59:00:00:02", "host_dev_name": "tap0"}
+    assert fake_api.requests[-2][2] == iface
+    assert "pyro.net=172.16.0.2/30,172.16.0.1" in fake_api.requests[0][2]["boot_args"]
 
 
 def test_configure_stops_at_the_first_rejection(fake_api: FakeApi, tmp_path: Path) -> None:
@@ -238,6 +254,24 @@ def test_real_firecracker_boots_a_guest_and_fails_the_agent_cleanly(
     wait_until(lambda: not Path(f"/proc/{pid}").exists(), f"/proc/{pid} to disappear")
 
 
+def test_real_firecracker_opens_its_tap_inside_the_vm_namespace(
+    real_backend: FirecrackerBackend, vmms: Vmms, tmp_path: Path
+) -> None:
+    with netns.throwaway_namespace() as ns:
+        with netns.entered(ns):
+            os.close(netns.open_tap("tap0", persist=True))
+        nic = GuestNic("tap0", "02:50:59:00:00:02", "172.16.0.2/30", "172.16.0.1", netns_fd=ns)
+        spec = replace(make_spec(tmp_path, rw=False), nic=nic)
+        proc = vmms.launch(real_backend, spec)
+        assert proc.poll() is None  # it found tap0: there is none in this test's namespace
+        [pid] = vmm_pids(spec)
+        with netns.entered(ns):
+            assert os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/thread-self/ns/net")
+        proc.kill()
+        proc.wait(WAIT)
+    no_vmm_left(spec)
+
+
 def test_real_firecracker_rejects_a_non_elf_kernel(
     real_backend: FirecrackerBackend, tmp_path: Path
 ) -> None:
@@ -251,7 +285,8 @@ def test_real_firecracker_rejects_a_non_elf_kernel(
 SUPERVISOR = """
 import signal, sys
 from pathlib import Path, PosixPath
-from pyro_mcp.vmm.base import VmSpec
+from pyro_mcp.network import netns
+from pyro_mcp.vmm.base import GuestNic, VmSpec
 from pyro_mcp.vmm.firecracker.backend import FirecrackerBackend
 binary, jailer, jailed, spec = sys.argv[1], sys.argv[2], sys.argv[3] == "1", eval(sys.argv[4])
 backend = FirecrackerBackend(Path(binary), Path(jailer), use_jailer=jailed)

@@ -121,6 +121,8 @@ class FirecrackerBackend:
         extra = ["pyro.transport=vsock", f"pyro.hostname={spec.hostname}"]
         if files.rw_disk is not None:
             extra.append("pyro.rw=/dev/vdb")
+        if spec.nic is not None:
+            extra.append(spec.nic.boot_arg())
         # Always our own boot args: Firecracker's default line has `nomodule`, which would stop
         # the initramfs from loading the virtio and vsock modules.
         kernel = {"kernel_image_path": files.kernel, "initrd_path": files.initrd}
@@ -132,6 +134,14 @@ class FirecrackerBackend:
         machine = {"vcpu_count": spec.vcpu_count, "mem_size_mib": spec.mem_mib, "smt": False}
         api.put("/machine-config", machine)
         api.put("/vsock", {"guest_cid": GUEST_CID, "uds_path": VSOCK_SOCKET})
+        if spec.nic is not None:
+            # Firecracker opens the TAP by name in its own network namespace: the VM's.
+            nic = {
+                "iface_id": "eth0",
+                "guest_mac": spec.nic.mac,
+                "host_dev_name": spec.nic.tap_name,
+            }
+            api.put("/network-interfaces/eth0", nic)
         api.put("/actions", {"action_type": "InstanceStart"})
 
     def launch(self, spec: VmSpec, console_log: Path) -> Popen[bytes]:
@@ -150,7 +160,8 @@ class FirecrackerBackend:
         """
         argv = self.command(spec)
         try:
-            proc = spawn_vmm(argv, spec.vm_dir, console_log)
+            netns_fd = spec.nic.netns_fd if spec.nic is not None else None
+            proc = spawn_vmm(argv, spec.vm_dir, console_log, netns_fd=netns_fd)
         except OSError as exc:
             raise HostRequirementError(
                 f"cannot start {argv[0]}: {exc.strerror or exc}", hint=f"run `{INSTALL_HINT}`"
