@@ -84,6 +84,7 @@ def test_egress_reaches_public_addresses_and_nothing_else(
     ws = create(net_pyro, network_policy="egress")
     view = net_pyro.status_workspace(ws)
     assert view["network_enabled"] is True and view["guest_ip"] == "172.16.0.2"
+    assert view["metadata"]["boot_mode"] == "restored"  # the snapshot carries the NIC
     assert len(uplinks(fake_internet)) == 1
     uplink = Uplink.of(int(vm_of(net_pyro, ws)["net_slot"]))
     got = probe(
@@ -184,3 +185,26 @@ def test_sigkill_leaves_nothing_of_the_vm_network(
     assert probe(net_pyro, ws, WEB)[WEB] == "web-ok"
     net_pyro.delete_workspace(ws)
     assert_no_network_leftovers(fake_internet, net_pyro)
+
+
+def test_networked_one_shot_vms_come_from_standby(
+    net_pyro: Pyro, fake_internet: FakeInternet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYRO_STANDBY", "1")
+    first = net_pyro.create_vm(environment="debian:12", network=True)
+    net_pyro.start_vm(first["vm_id"])  # restores, and starts a networked standby VM
+    wait_until(lambda: _standby_ready(net_pyro), "a networked standby VM")
+    second = net_pyro.create_vm(environment="debian:12", network=True)
+    assert net_pyro.start_vm(second["vm_id"])["metadata"]["boot_mode"] == "standby"
+    info = net_pyro.network_info_vm(second["vm_id"])
+    assert info["outbound_connectivity_expected"] is True
+    done = net_pyro.exec_vm(second["vm_id"], command=["python3", "-c", PROBE, WEB, PRIVATE])
+    assert json.loads(done["stdout"]) == {WEB: "web-ok", PRIVATE: "timeout"}
+    net_pyro.delete_vm(first["vm_id"])
+    net_pyro.vms.clear_standby()
+    assert_no_network_leftovers(fake_internet, net_pyro)
+
+
+def _standby_ready(pyro: Pyro) -> bool:
+    rows = pyro.vms.store.list_vms()
+    return any(r["state"] == "standby" and r["network_enabled"] for r in rows)
