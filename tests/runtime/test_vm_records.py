@@ -18,6 +18,7 @@ from pyro_mcp.errors import NotFoundError, WrongStateError
 from pyro_mcp.host.process import ProcessRef
 from pyro_mcp.runtime import vm_records
 from pyro_mcp.sdk import Pyro
+from pyro_mcp.state import network as slots
 from pyro_mcp.state.store import StateStore
 
 
@@ -97,3 +98,22 @@ def test_a_started_vm_whose_supervisor_is_gone_reads_as_stopped_and_loses_its_fi
     with pytest.raises(WrongStateError, match="supervisor_died"):
         pyro.exec_vm(vm_id, command="true")
     pyro.delete_vm(vm_id)
+
+
+def test_a_networked_vm_whose_supervisor_is_gone_gives_up_its_uplink_slot(
+    dead: ProcessRef,
+) -> None:
+    pyro = Pyro()
+    vm_id = pyro.create_vm(environment="debian:12", network=True)["vm_id"]
+    assert slots.held(pyro.vms.store) == {vm_id: 0}
+    pyro.vms.store.update_vm(vm_id, **started_by(dead))
+    assert pyro.status_vm(vm_id)["state"] == "stopped"
+    assert slots.held(pyro.vms.store) == {}  # the kernel freed its namespace with it
+    pyro.delete_vm(vm_id)
+
+
+def test_stopping_a_networked_vm_that_never_started_frees_its_slot() -> None:
+    pyro = Pyro()
+    vm_id = pyro.create_vm(environment="debian:12", network=True)["vm_id"]
+    pyro.stop_vm(vm_id)
+    assert slots.held(pyro.vms.store) == {}

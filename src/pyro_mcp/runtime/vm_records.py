@@ -52,6 +52,7 @@ def reconcile(store: StateStore, row: dict[str, Any]) -> dict[str, Any]:
         stop_reason=SUPERVISOR_DIED,
         stopped_at=time.time(),
         supervisor_pid=None,
+        net_slot=None,  # its namespace died with it
     )
     remove_vm_files(Path(row["vm_dir"]))
     return {**row, "state": "stopped", "stop_reason": SUPERVISOR_DIED}

@@ -206,7 +206,8 @@ class VmService:
             launch.stop_supervisor(Path(row["vm_dir"]), vm_records.supervisor_of(row), stop)
         row = vm_records.load(self.store, vm_id)
         if row["state"] == "created":
-            self.store.update_vm(vm_id, state="stopped", stop_reason="stopped: stop_vm")
+            stopped = {"state": "stopped", "stop_reason": "stopped: stop_vm", "net_slot": None}
+            self.store.update_vm(vm_id, **stopped)
         return self.status_vm(vm_id)
 
     def delete_vm(self, vm_id: str, *, reason: str = "explicit_delete") -> dict[str, Any]:
