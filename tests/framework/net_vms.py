@@ -60,4 +60,7 @@ def net_pyro(
 
 def assert_no_network_leftovers(net: FakeInternet, pyro: Pyro) -> None:
     """Wait out the kernel's asynchronous namespace teardown, then insist nothing is left."""
-    wait_until(lambda: not network_leftovers(net, pyro), "VM networking to be gone", 15)
+    try:
+        wait_until(lambda: not network_leftovers(net, pyro), "VM networking to be gone", 15)
+    except BaseException:
+        raise AssertionError(f"left behind: {network_leftovers(net, pyro)}") from None

@@ -46,7 +46,7 @@ def _try_namespace() -> list[str]:
         with netns.throwaway_namespace() as ns, netns.entered(ns):
             os.close(netns.open_tap(TAP_NAME))
             rules.load(rules.vm_table(AllowList()))
-            FORWARD.write_text("1")
+            netns.set_forwarding(True)
     except PyroError as exc:
         return [str(exc)]
     except OSError as exc:

@@ -7,7 +7,6 @@ VM's namespace. pyroute2 is imported here only, on the supervisor's setup path.
 
 from __future__ import annotations
 
-import os
 import time
 
 from pyro_mcp.errors import ConflictError
@@ -67,19 +66,6 @@ def await_free(uplink: Uplink) -> None:
                     hint="delete that link, or set PYRO_NET_POOL to a range nothing else uses",
                 )
             time.sleep(0.02)
-
-
-def enable_forwarding() -> None:
-    """Turn on IPv4 forwarding in the calling thread's namespace (a no-op when it is on)."""
-    path = "/proc/sys/net/ipv4/ip_forward"
-    # /proc/sys/net shows the namespace of the thread that opens it.
-    fd = os.open(path, os.O_RDWR)
-    try:
-        if os.read(fd, 4).strip() != b"1":
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, b"1")
-    finally:
-        os.close(fd)
 
 
 def _index(ipr: object, name: str) -> int:

@@ -87,6 +87,19 @@ def open_tap(name: str, *, persist: bool = False) -> int:
     return fd
 
 
+def set_forwarding(on: bool) -> None:
+    """Turn IPv4 forwarding on or off in the calling thread's namespace (written only when it
+    differs: /proc/sys/net shows the namespace of the thread that opens it)."""
+    want = b"1" if on else b"0"
+    fd = os.open("/proc/sys/net/ipv4/ip_forward", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if os.read(fd, 4).strip() != want:
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, want)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def throwaway_namespace() -> Iterator[int]:
     """A namespace held only by the block (and whatever joins it meanwhile)."""

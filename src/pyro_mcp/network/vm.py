@@ -84,6 +84,9 @@ class VmNetwork:
         """The namespace and the TAP in it: what the VMM needs before it starts."""
         self.ns_fd = netns.create()
         with netns.entered(self.ns_fd):
+            # A new namespace copies the initial namespace's setting, which may be on: off
+            # until the filter is in.
+            netns.set_forwarding(False)
             self.tap_fd = netns.open_tap(TAP_NAME, persist=self._persistent_tap)
 
     def wire(self) -> None:
@@ -98,7 +101,7 @@ class VmNetwork:
             os.close(host_ns)
         links.wire_host_side(self.uplink)
         rules.load(rules.host_table())
-        links.enable_forwarding()
+        netns.set_forwarding(True)
         with netns.entered(self.ns_fd):
             rules.load(rules.vm_table(self.allow))
             udp, tcp = _dns_sockets()
@@ -108,7 +111,7 @@ class VmNetwork:
         )  # fmt: skip
         self.forwarder.start()
         with netns.entered(self.ns_fd):
-            links.enable_forwarding()
+            netns.set_forwarding(True)
 
     def set_allowlist(self, allow_hosts: list[str]) -> None:
         """Swap the allowlist of the running VM; addresses learnt for old names are dropped."""
