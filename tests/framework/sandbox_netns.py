@@ -27,8 +27,12 @@ from pyro_mcp.host import tools
 from pyro_mcp.network import netns
 
 FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
-# Every link name a unit test creates (in a netns_sandbox): none may ever appear outside one.
-TEST_LINK_NAMES = ("tap0", "up0", "probe0", "probe0home")
+# Found once: a test may hide or fake pyro's view of `nft`, never the one that checks on it.
+NFT = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
+# The uplink slots unit tests wire (far from the first slots a real pyro hands out), and every
+# link name they create in a netns_sandbox: none may ever appear outside one.
+TEST_SLOTS = (4321, 4322)
+TEST_LINK_NAMES = ("tap0", "up0", "probe0", "probe0home", *(f"pyv{slot}" for slot in TEST_SLOTS))
 
 
 def _blockers(*, nft: bool) -> list[str]:
@@ -37,7 +41,7 @@ def _blockers(*, nft: bool) -> list[str]:
         reasons.append("network namespaces need root (CAP_SYS_ADMIN)")
     if not Path("/dev/net/tun").exists():
         reasons.append("/dev/net/tun is missing (modprobe tun)")
-    if nft and tools.NFT.path() is None:
+    if nft and NFT is None:
         reasons.append(f"`nft` is missing ({tools.NFT.install_hint})")
     return reasons
 
@@ -52,16 +56,15 @@ def needs_namespaces(*, nft: bool = False) -> pytest.MarkDecorator:
 
 
 def namespace_id(fd: int | None = None) -> str:
-    """"net:[inode]" of the namespace an fd holds, or of the calling thread's."""
+    """The namespace (as "net:[inode]") an fd holds, or the calling thread's."""
     return os.readlink(f"/proc/self/fd/{fd}" if fd is not None else "/proc/thread-self/ns/net")
 
 
 def ruleset_here() -> list[dict[str, Any]]:
     """The calling thread's namespace's nftables ruleset, without metainfo and handles."""
-    nft = tools.NFT.path() or shutil.which("nft")
-    if nft is None:
+    if NFT is None:
         return []
-    done = subprocess.run([nft, "-j", "list", "ruleset"], capture_output=True, check=True)
+    done = subprocess.run([NFT, "-j", "list", "ruleset"], capture_output=True, check=True)
     items: list[dict[str, Any]] = json.loads(done.stdout or b'{"nftables": []}')["nftables"]
     return [_unhandled(item) for item in items if "metainfo" not in item]
 
@@ -75,7 +78,9 @@ def _unhandled(value: Any) -> Any:
 
 
 def tables_here() -> list[str]:
-    return sorted(f"{i['table']['family']} {i['table']['name']}" for i in ruleset_here() if "table" in i)
+    return sorted(
+        f"{i['table']['family']} {i['table']['name']}" for i in ruleset_here() if "table" in i
+    )
 
 
 def sets_here(table: str) -> dict[str, dict[str, Any]]:

@@ -36,7 +36,7 @@ def test_the_last_slot_is_the_last_slash_30_of_the_pool() -> None:
 
 @pytest.mark.parametrize("slot", [-1, 2**14, 2**20])
 def test_a_slot_outside_the_pool_is_refused(slot: int) -> None:
-    with pytest.raises(ValueError, match=f"network slot {slot} is outside 10.217.0.0/16"):
+    with pytest.raises(ValueError, match=rf"network slot {slot} is outside 10\.217\.0\.0/16"):
         Uplink.of(slot)
 
 
@@ -45,7 +45,7 @@ def test_a_pool_given_explicitly_overrides_the_environment(monkeypatch: pytest.M
     small = ipaddress.IPv4Network("192.0.2.0/28")
     assert slot_count(small) == 4
     assert Uplink.of(3, small).subnet == ipaddress.IPv4Network("192.0.2.12/30")
-    with pytest.raises(ValueError, match="outside 192.0.2.0/28"):
+    with pytest.raises(ValueError, match=r"outside 192\.0\.2\.0/28"):
         Uplink.of(4, small)
 
 
@@ -115,7 +115,9 @@ def test_a_pool_too_small_or_too_large_is_refused_naming_the_variable(
 
 
 @pytest.mark.parametrize(("text", "slots"), [("10.0.0.0/8", 2**22), ("192.0.2.0/28", 4)])
-def test_the_pool_limits_are_accepted(monkeypatch: pytest.MonkeyPatch, text: str, slots: int) -> None:
+def test_the_pool_limits_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, text: str, slots: int
+) -> None:
     monkeypatch.setenv(POOL_ENV, text)
     assert slot_count() == slots
 

@@ -12,10 +12,17 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
-from framework.sandbox_netns import holders_of, links_here, namespace_id, needs_namespaces
+from framework.sandbox_netns import (
+    forwarding_here,
+    holders_of,
+    links_here,
+    namespace_id,
+    needs_namespaces,
+)
 from framework.waiting import WAIT, wait_until
 from pyro_mcp.network import netns
 
@@ -103,6 +110,19 @@ def test_entered_comes_back_home_when_the_block_raises(home_namespace_unchanged:
     assert namespace_id() == home
 
 
+def test_entering_something_that_is_not_a_namespace_fails_and_stays_home(
+    home_namespace_unchanged: None, tmp_path: Path
+) -> None:
+    home = namespace_id()
+    with (
+        open(tmp_path / "plain", "w") as plain,
+        pytest.raises(OSError),
+        netns.entered(plain.fileno()),
+    ):
+        pytest.fail("entered a regular file")
+    assert namespace_id() == home
+
+
 def test_a_tap_goes_with_its_last_fd(netns_sandbox: int) -> None:
     tap = netns.open_tap("tap0")
     assert "tap0" in links_here()
@@ -147,6 +167,25 @@ def test_a_tap_name_taken_by_another_kind_of_link_is_refused(netns_sandbox: int)
     # The failed attempt closed its queue fd: only the sandbox's fd and this thread hold it.
     expected = {f"fd {netns_sandbox}", f"thread {threading.get_native_id()}"}
     assert set(holders_of(namespace_id())) == expected
+
+
+def test_set_forwarding_changes_only_the_calling_threads_namespace(netns_sandbox: int) -> None:
+    netns.set_forwarding(False)
+    assert forwarding_here() == "0"
+    inner = netns.create()
+    try:
+        with netns.entered(inner):
+            netns.set_forwarding(True)
+            assert forwarding_here() == "1"
+        assert forwarding_here() == "0"
+        netns.set_forwarding(True)
+        netns.set_forwarding(True)  # already on: nothing to write, nothing fails
+        with netns.entered(inner):
+            netns.set_forwarding(False)
+            assert forwarding_here() == "0"
+        assert forwarding_here() == "1"
+    finally:
+        os.close(inner)
 
 
 @pytest.mark.parametrize("persist", [False, True])

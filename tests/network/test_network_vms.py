@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from framework.fake_internet import ADDRESSES, FakeInternet
-from framework.net_vms import assert_no_network_leftovers, uplinks
+from framework.net_vms import TEARDOWN_WAIT_S, assert_no_network_leftovers, uplinks
 from framework.waiting import wait_until
 from pyro_mcp.errors import InvalidArgumentError
 from pyro_mcp.host.process import ProcessRef
@@ -177,7 +177,7 @@ def test_sigkill_leaves_nothing_of_the_vm_network(
     assert len(uplinks(fake_internet)) == 1
     os.kill(target.pid, signal.SIGKILL)
     wait_until(lambda: not supervisor.alive(), "the supervisor to be gone")
-    wait_until(lambda: uplinks(fake_internet) == [], "the kernel to free the VM's namespace")
+    wait_until(lambda: uplinks(fake_internet) == [], "the VM's namespace freed", TEARDOWN_WAIT_S)
     view = net_pyro.status_workspace(ws)  # reconciles: the slot goes with the dead VM
     assert view["state"] == "stopped"
     assert_no_network_leftovers(fake_internet, net_pyro)

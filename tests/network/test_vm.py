@@ -4,15 +4,20 @@ Each test runs in a throwaway namespace standing in for the host (`netns_sandbox
 namespace is created from there, so its uplink's host end, the shared table and forwarding
 all land in the sandbox. The host's resolver is a fake one on the sandbox's loopback: the DNS
 forwarder reaches its upstreams through sockets of the host side. "The guest" is a socket
-made inside the VM's namespace, asking the gateway 172.16.0.1.
+made inside the VM's namespace, asking the gateway 172.16.0.1, or (the guest's real way in,
+through the VM table's filter) Ethernet frames written into the TAP as a VMM would.
 """
 
 from __future__ import annotations
 
+import os
 import select
 import socket
+import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import dns.message
 import dns.query
@@ -22,6 +27,7 @@ import dns.rrset
 import pytest
 
 from framework.sandbox_netns import (
+    TEST_SLOTS,
     default_gateway_here,
     forwarding_here,
     holders_of,
@@ -37,15 +43,15 @@ from framework.waiting import WAIT, wait_until
 from pyro_mcp.errors import ConflictError
 from pyro_mcp.network import dns as dns_module
 from pyro_mcp.network import links, netns
-from pyro_mcp.network.addressing import GATEWAY_IP, GATEWAY_MAC, Uplink
+from pyro_mcp.network.addressing import GATEWAY_IP, GATEWAY_MAC, GUEST_IP, GUEST_MAC, Uplink
 from pyro_mcp.network.vm import NetworkPlan, VmNetwork
 
 pytestmark = needs_namespaces(nft=True)
 
-SLOT = 4321
+SLOT, OTHER_SLOT = TEST_SLOTS
 UPLINK = Uplink.of(SLOT)
 ALLOWED = ("allowed.example", "*.wild.example", "203.0.113.0/24")
-# What the fake resolver answers: every name has one A record, these a known one.
+# The fake resolver gives every name one A record: these names their own, any other ANY_OTHER.
 ADDRESSES = {"allowed.example.": "192.0.2.10", "a.wild.example.": "192.0.2.11",
              "other.example.": "192.0.2.20"}  # fmt: skip
 ANY_OTHER = "192.0.2.99"
@@ -96,7 +102,7 @@ class FakeResolver:
 @pytest.fixture
 def resolver(netns_sandbox: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeResolver]:
     fake = FakeResolver()  # its socket is the sandbox's: made after the sandbox was entered
-    monkeypatch.setenv(dns_module.UPSTREAM_ENV, "%s:%d" % fake.address)
+    monkeypatch.setenv(dns_module.UPSTREAM_ENV, "{}:{}".format(*fake.address))
     yield fake
     fake.close()
 
@@ -110,10 +116,8 @@ def wired(resolver: FakeResolver) -> Iterator[Callable[..., VmNetwork]]:
         vm = VmNetwork(NetworkPlan(slot, allow_hosts))
         made.append(vm)
         vm.open()
-        # New namespaces copy the real host's forwarding; start from "off", as on most hosts.
+        # Off in the sandbox, so that seeing it on afterwards means wire() turned it on.
         set_forwarding_here("0")
-        with netns.entered(vm.ns_fd):  # type: ignore[arg-type]
-            set_forwarding_here("0")
         vm.wire()
         return vm
 
@@ -121,8 +125,11 @@ def wired(resolver: FakeResolver) -> Iterator[Callable[..., VmNetwork]]:
     for vm in made:
         vm.close()
     for vm in made:
-        name = vm.uplink.host_link
-        wait_until(lambda name=name: name not in links_here(), f"{name} to go")  # type: ignore[misc]
+        wait_until(link_gone(vm.uplink.host_link), f"{vm.uplink.host_link} to go")
+
+
+def link_gone(name: str) -> Callable[[], bool]:
+    return lambda: name not in links_here()
 
 
 def ask(vm: VmNetwork, name: str, rdtype: str = "A") -> dns.message.Message:
@@ -138,7 +145,7 @@ def a_records(reply: dns.message.Message) -> set[str]:
     return {rd.to_text() for rr in reply.answer if rr.rdtype == dns.rdatatype.A for rd in rr}
 
 
-def in_vm(vm: VmNetwork, read: Callable[[], object]) -> object:
+def in_vm[T](vm: VmNetwork, read: Callable[[], T]) -> T:
     assert vm.ns_fd is not None
     with netns.entered(vm.ns_fd):
         return read()
@@ -147,11 +154,11 @@ def in_vm(vm: VmNetwork, read: Callable[[], object]) -> object:
 def learned(vm: VmNetwork) -> dict[str, int]:
     """address -> timeout of the VM's allow_dns set."""
     found = in_vm(vm, lambda: sets_here("pyro")["allow_dns"].get("elem", []))
-    return {e["elem"]["val"]: e["elem"]["timeout"] for e in found}  # type: ignore[attr-defined]
+    return {e["elem"]["val"]: e["elem"]["timeout"] for e in found}
 
 
-def allowed_networks(vm: VmNetwork) -> list[object]:
-    return in_vm(vm, lambda: sets_here("pyro")["allow_net"].get("elem", []))  # type: ignore[return-value]
+def allowed_networks(vm: VmNetwork) -> list[Any]:
+    return list(in_vm(vm, lambda: sets_here("pyro")["allow_net"].get("elem", [])))
 
 
 def test_the_uplinks_host_end_appears_in_the_host_namespace_with_the_slots_address(
@@ -169,7 +176,7 @@ def test_the_vm_namespace_holds_the_guests_gateway_and_the_uplink(
 ) -> None:
     vm = wired()
     found = in_vm(vm, links_here)
-    assert isinstance(found, dict) and set(found) == {"lo", "tap0", "up0"}
+    assert set(found) == {"lo", "tap0", "up0"}
     assert found["tap0"]["addresses"] == [f"{GATEWAY_IP}/30"]
     assert found["tap0"]["mac"] == GATEWAY_MAC == "02:50:59:00:00:01"
     assert found["up0"]["addresses"] == [f"{UPLINK.vm_ip}/30"]
@@ -187,22 +194,19 @@ def test_wiring_turns_forwarding_on_and_loads_a_table_on_each_side(
     assert allowed_networks(vm) == [{"prefix": {"addr": "203.0.113.0", "len": 24}}]
 
 
-def test_the_vm_namespace_reaches_its_host_end_over_the_uplink(
-    wired: Callable[..., VmNetwork], netns_sandbox: int
-) -> None:
-    vm = wired()
-    # Nothing listens there: a refused connection (a RST back) proves the path, a drop would
-    # time out. The host table drops what an uplink sends to the host unless it is a reply.
-    listener = socket.create_server((UPLINK.host_ip, 0))
-    with listener:
-        port = listener.getsockname()[1]
-
-        def connect() -> object:
-            with socket.socket() as sock:
-                sock.settimeout(0.5)
-                return sock.connect_ex((UPLINK.host_ip, port))
-
-        assert in_vm(vm, connect) != 0
+def test_open_makes_the_tap_with_forwarding_off_until_wired(resolver: FakeResolver) -> None:
+    # A new namespace copies the initial namespace's forwarding (on, on many hosts): the guest
+    # must reach nothing before the filter is in, whatever the host does.
+    vm = VmNetwork(NetworkPlan(SLOT, ALLOWED))
+    vm.open()
+    try:
+        assert vm.tap_fd is not None and vm.forwarder is None
+        assert in_vm(vm, links_here).keys() == {"lo", "tap0"}
+        assert in_vm(vm, forwarding_here) == "0"
+        assert in_vm(vm, tables_here) == []
+        assert UPLINK.host_link not in links_here()
+    finally:
+        vm.close()
 
 
 def test_an_allowed_name_is_answered_through_the_hosts_resolver_and_its_address_opened(
@@ -250,7 +254,7 @@ def test_clearing_the_allowlist_gives_plain_egress(wired: Callable[..., VmNetwor
     assert a_records(ask(vm, "anything.example")) == {ANY_OTHER}
     assert learned(vm) == {}  # plain egress opens no addresses one by one
     forward = in_vm(vm, lambda: rules_here("pyro")["forward"])
-    assert any("@blocked" in str(rule) for rule in forward)  # type: ignore[attr-defined]
+    assert any("@blocked" in str(rule) for rule in forward)
 
 
 def test_without_an_allowlist_every_name_is_answered_and_nothing_learned(
@@ -284,7 +288,7 @@ def test_close_frees_the_vm_namespace_and_its_uplink(wired: Callable[..., VmNetw
 
 
 def test_two_vms_get_their_own_uplinks_side_by_side(wired: Callable[..., VmNetwork]) -> None:
-    first, second = wired(), wired(slot=SLOT + 1)
+    first, second = wired(), wired(slot=OTHER_SLOT)
     found = links_here()
     assert found[first.uplink.host_link]["addresses"] == [f"{first.uplink.host_ip}/30"]
     assert found[second.uplink.host_link]["addresses"] == [f"{second.uplink.host_ip}/30"]
@@ -335,3 +339,74 @@ def test_an_answer_in_flight_while_the_allowlist_changes_opens_nothing(
         asking.join(WAIT)
     assert replies, "the guest got no answer"
     assert "192.0.2.10" not in learned(vm)
+
+
+# --- the guest's side of the TAP, as a VMM sees it --------------------------------------------
+
+VNET_HDR = bytes(10)  # struct virtio_net_hdr, all zero: no offloads asked for
+GUEST_PORT = 40000
+
+
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def _ipv4_udp(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload  # no UDP checksum
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, 64, 17, 0,
+                         socket.inet_aton(src), socket.inet_aton(dst))  # fmt: skip
+    words = sum(struct.unpack("!10H", header))
+    while words >> 16:
+        words = (words & 0xFFFF) + (words >> 16)
+    return header[:10] + struct.pack("!H", ~words & 0xFFFF) + header[12:] + udp
+
+
+def _arp_reply_to(request: bytes) -> bytes | None:
+    """The guest's answer to an ARP request for its address, or None for any other frame."""
+    arp = request[14:42]
+    if request[12:14] != b"\x08\x06" or arp[6:8] != b"\x00\x01":
+        return None
+    if socket.inet_ntoa(arp[24:28]) != GUEST_IP:
+        return None
+    asker_mac, asker_ip = arp[8:14], arp[14:18]
+    reply = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2)
+    reply += _mac(GUEST_MAC) + socket.inet_aton(GUEST_IP) + asker_mac + asker_ip
+    return asker_mac + _mac(GUEST_MAC) + b"\x08\x06" + reply
+
+
+def guest_dns_over_tap(vm: VmNetwork, name: str) -> dns.message.Message:
+    """Send a DNS query as the guest would, a frame into the TAP, and read the answer back."""
+    assert vm.tap_fd is not None
+    query = dns.message.make_query(name, "A")
+    packet = _ipv4_udp(GUEST_IP, GATEWAY_IP, GUEST_PORT, 53, query.to_wire())
+    ether = _mac(GATEWAY_MAC) + _mac(GUEST_MAC) + b"\x08\x00"
+    os.write(vm.tap_fd, VNET_HDR + ether + packet)
+    deadline = time.monotonic() + WAIT
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([vm.tap_fd], [], [], left)[0]:
+            break
+        frame = os.read(vm.tap_fd, 65535)[len(VNET_HDR) :]
+        if (arp_reply := _arp_reply_to(frame)) is not None:
+            os.write(vm.tap_fd, VNET_HDR + arp_reply)
+            continue
+        ip = frame[14:]
+        if frame[12:14] != b"\x08\x00" or ip[9] != 17:
+            continue  # IPv6 router solicitations and the like
+        udp = ip[(ip[0] & 0x0F) * 4 :]
+        sport, dport = struct.unpack("!HH", udp[:4])
+        if (socket.inet_ntoa(ip[12:16]), sport, dport) == (GATEWAY_IP, 53, GUEST_PORT):
+            assert frame[:6] == _mac(GUEST_MAC) and frame[6:12] == _mac(GATEWAY_MAC)
+            return dns.message.from_wire(udp[8:])
+    pytest.fail(f"no DNS answer came back through the TAP within {WAIT:g} s")
+
+
+def test_a_guests_dns_query_through_the_tap_passes_the_filter_and_is_answered(
+    wired: Callable[..., VmNetwork],
+) -> None:
+    # Unlike a socket in the VM's namespace (which arrives on lo), this takes the guest's way in:
+    # tap0, through the VM table's input chain.
+    vm = wired()
+    reply = guest_dns_over_tap(vm, "allowed.example")
+    assert reply.rcode() == dns.rcode.NOERROR and a_records(reply) == {"192.0.2.10"}
+    assert learned(vm) == {"192.0.2.10": TTL}
+    assert guest_dns_over_tap(vm, "other.example").rcode() == dns.rcode.REFUSED
