@@ -122,12 +122,6 @@ def test_the_pool_limits_are_accepted(
     assert slot_count() == slots
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="addressing.pool() accepts a pool overlapping the guest subnet 172.16.0.0/30: the "
-    "slot cut from 172.16.0.0/30 puts the guest's own address on the VM namespace's uplink and "
-    "routes via the gateway's own address, so that VM's guest has no working network",
-)
 @pytest.mark.parametrize("text", ["172.16.0.0/16", "172.16.0.0/28", "172.0.0.0/8"])
 def test_a_pool_overlapping_the_guest_subnet_is_refused(
     monkeypatch: pytest.MonkeyPatch, text: str

@@ -132,12 +132,6 @@ def test_ttls_are_clamped_to_30_seconds_and_one_day(netns_sandbox: int) -> None:
 
 
 @needs_nft
-@pytest.mark.xfail(
-    strict=True,
-    reason="rules.learned: an address given twice in one call is deleted twice in one "
-    "transaction, so nft refuses the whole load (ENOENT); latent, as DnsForwarder passes each "
-    "address once",
-)
 def test_an_address_given_twice_at_once_is_learned_with_the_longer_ttl(netns_sandbox: int) -> None:
     rules.load(rules.vm_table(AllowList.parse(["example.com"])))
     rules.load(rules.learned([("192.0.2.1", 60), ("192.0.2.1", 300)]))

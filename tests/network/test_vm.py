@@ -315,13 +315,6 @@ def test_a_host_link_in_the_way_is_a_conflict_naming_the_slot(
         vm.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="network/vm.py VmNetwork.set_allowlist + network/dns.py DnsForwarder._answer: a query "
-    "for a name allowed by the old list that is still waiting for its upstream answer when "
-    "the list changes is learnt afterwards, into the new table, so the old name's address is "
-    "reachable again (for its TTL, up to a day) after set_allowlist returned",
-)
 def test_an_answer_in_flight_while_the_allowlist_changes_opens_nothing(
     wired: Callable[..., VmNetwork], resolver: FakeResolver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,6 +43,11 @@ def pool() -> ipaddress.IPv4Network:
         raise InvalidArgumentError(
             f"{POOL_ENV}={text!r} must be a /8 to /28 network", hint=f"e.g. {DEFAULT_POOL}"
         )
+    if network.overlaps(ipaddress.IPv4Network(GUEST_SUBNET)):
+        raise InvalidArgumentError(
+            f"{POOL_ENV}={text!r} overlaps {GUEST_SUBNET}, the network every guest sits on",
+            hint=f"use a range clear of it, e.g. {DEFAULT_POOL}",
+        )
     return network
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from pyro_mcp.errors import InvalidArgumentError
 
 MAX_ENTRIES = 256
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")  # whole labels only: used with fullmatch
 _HINT = (
     "give domain names (api.example.com, *.example.com) or IPv4 addresses/CIDRs (203.0.113.0/24)"
 )
@@ -71,23 +71,18 @@ class AllowList:
 
 def _classify(raw: object) -> tuple[str, object]:
     if not isinstance(raw, str) or not raw.strip():
-        raise InvalidArgumentError(
-            f"allow_hosts entry {raw!r} is not a host name or CIDR", hint=_HINT
-        )
+        raise _bad(raw, "is not a host name or CIDR")
+    if not raw.isascii():  # lower() would fold some non-ASCII letters into ASCII ones
+        raise _bad(raw, "is not ASCII: give an internationalised name in its xn-- form")
     text = raw.strip().lower().rstrip(".")
     if re.fullmatch(r"[0-9./]+", text) or ":" in text:
         return "net", _network(raw, text)
     wildcard = text.startswith("*.")
     name = text[2:] if wildcard else text
     labels = name.split(".")
-    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
-        raise InvalidArgumentError(
-            f"allow_hosts entry {raw!r} is not a valid domain name", hint=_HINT
-        )
-    if labels[-1].isdigit():
-        raise InvalidArgumentError(
-            f"allow_hosts entry {raw!r} is not a valid domain name", hint=_HINT
-        )
+    valid = len(name) <= 253 and len(labels) >= 2 and not labels[-1].isdigit()
+    if not valid or not all(_LABEL.fullmatch(label) for label in labels):
+        raise _bad(raw, "is not a valid domain name")
     return ("suffix" if wildcard else "name"), name
 
 

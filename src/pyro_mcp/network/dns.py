@@ -227,11 +227,11 @@ class DnsForwarder:
         if forwarded is None:
             log.info("no upstream answered for %s", question.name)
             return _reply(query, dns.rcode.SERVFAIL)
-        if filtering and not self._learned(forwarded):
+        if filtering and not self._learned(forwarded, question.name):
             return _reply(query, dns.rcode.SERVFAIL)
         return forwarded
 
-    def _learned(self, reply_wire: bytes) -> bool:
+    def _learned(self, reply_wire: bytes, name: dns.name.Name) -> bool:
         """Hand the answer's addresses to `learn`; False when the guest must not see them."""
         try:
             reply = dns.message.from_wire(reply_wire)
@@ -242,7 +242,14 @@ class DnsForwarder:
         if not addresses or self._learn is None:
             return True
         try:
-            self._learn(addresses)
+            # Under the lock set_allowlist takes: a list swapped while upstream answered is
+            # the one that decides, so no name it dropped is learnt after the swap.
+            with self._lock:
+                allowlist = self._allowlist
+                if allowlist and not allowlist.allows_name(_plain_name(name)):
+                    return False
+                if allowlist:
+                    self._learn(addresses)
         except Exception:
             # Not a refused name but a firewall that could not be updated: worth a warning.
             log.warning("learning %s failed; answering SERVFAIL", addresses, exc_info=True)

@@ -122,10 +122,10 @@ def vm_table(allow: AllowList) -> Doc:
 
 def learned(addresses: Iterable[tuple[str, int]]) -> Doc:
     """Put the addresses a DNS answer gave into `allow_dns` for their TTL (renewed if there)."""
-    elements = [
-        {"elem": {"val": ip, "timeout": min(max(ttl, MIN_TTL_S), MAX_TTL_S)}}
-        for ip, ttl in addresses
-    ]
+    longest: dict[str, int] = {}
+    for ip, ttl in addresses:  # an address twice would be deleted twice: nft refuses that
+        longest[ip] = max(longest.get(ip, 0), min(max(ttl, MIN_TTL_S), MAX_TTL_S))
+    elements = [{"elem": {"val": ip, "timeout": ttl}} for ip, ttl in longest.items()]
     if not elements:
         return []
     target = {"family": FAMILY, "table": VM_TABLE, "name": "allow_dns"}

@@ -71,6 +71,8 @@ def describe(plan: NetworkPlan | None) -> dict[str, Any]:
 
 
 class VmNetwork:
+    """A VM's network, from its namespace's creation to the supervisor letting go of it."""
+
     def __init__(self, plan: NetworkPlan, *, persistent_tap: bool = False) -> None:
         self.plan = plan
         self.uplink = Uplink.of(plan.slot)
@@ -117,12 +119,14 @@ class VmNetwork:
         """Swap the allowlist of the running VM; addresses learnt for old names are dropped."""
         assert self.ns_fd is not None
         allow = AllowList.parse(allow_hosts)
+        # The forwarder first (it waits out any answer being learnt), then the table, whose
+        # reload empties the learnt set: nothing the old list let in survives the swap.
+        if self.forwarder is not None:
+            self.forwarder.set_allowlist(allow or None)
         with netns.entered(self.ns_fd):
             rules.load(rules.vm_table(allow))
         self.allow = allow
         self.plan = NetworkPlan(self.plan.slot, tuple(allow.entries()))
-        if self.forwarder is not None:
-            self.forwarder.set_allowlist(allow or None)
 
     def _learn(self, addresses: list[tuple[str, int]]) -> None:
         assert self.ns_fd is not None
