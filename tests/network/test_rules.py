@@ -238,3 +238,11 @@ def test_set_elements_are_bare_addresses_for_single_hosts_and_prefixes_otherwise
     assert allow_net["elem"] == ["198.51.100.7", {"prefix": {"addr": "203.0.113.0", "len": 24}}]
     for cidr in rules.BLOCKED:  # the blocked ranges are networks, not mistyped hosts
         assert ipaddress.IPv4Network(cidr).prefixlen < 32
+
+
+def test_only_public_addresses_are_learned() -> None:
+    # An allowed name whose DNS someone else controls must not open metadata, LAN or loopback.
+    answers = [("169.254.169.254", 60), ("10.0.0.5", 60), ("127.0.0.1", 60), ("192.0.2.7", 60)]
+    doc = rules.learned(answers)
+    assert [item["elem"]["val"] for item in doc[-1]["add"]["element"]["elem"]] == ["192.0.2.7"]
+    assert rules.learned([("172.16.0.1", 60), ("100.64.1.1", 60)]) == []

@@ -120,10 +120,18 @@ def vm_table(allow: AllowList) -> Doc:
     return doc
 
 
+_BLOCKED_NETS = tuple(ipaddress.IPv4Network(net) for net in BLOCKED)
+
+
 def learned(addresses: Iterable[tuple[str, int]]) -> Doc:
-    """Put the addresses a DNS answer gave into `allow_dns` for their TTL (renewed if there)."""
+    """Put the addresses a DNS answer gave into `allow_dns` for their TTL (renewed if there).
+
+    Only public ones: an allowed name whose DNS someone else controls must not open the
+    metadata service or the LAN (only an allowlisted CIDR does that)."""
     longest: dict[str, int] = {}
     for ip, ttl in addresses:  # an address twice would be deleted twice: nft refuses that
+        if any(ipaddress.IPv4Address(ip) in net for net in _BLOCKED_NETS):
+            continue
         longest[ip] = max(longest.get(ip, 0), min(max(ttl, MIN_TTL_S), MAX_TTL_S))
     elements = [{"elem": {"val": ip, "timeout": ttl}} for ip, ttl in longest.items()]
     if not elements:
