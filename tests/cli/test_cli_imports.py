@@ -18,9 +18,10 @@ import pytest
 
 from pyro_mcp.cli.main import build_parser
 
-# The MCP SDK and what it brings along; none of it is needed to parse or to call the SDK.
+# The MCP SDK and what it brings along; none of it is needed to parse or to call the SDK. Nor
+# are the libraries of guest networking, which only a networked VM's supervisor loads.
 FORBIDDEN = ("mcp", "mcp_types", "pydantic", "pydantic_core", "anyio", "httpx", "starlette",
-             "uvicorn", "sse_starlette", "rich")  # fmt: skip
+             "uvicorn", "sse_starlette", "rich", "dns", "pyroute2")  # fmt: skip
 
 PROBE = """
 import json, sys

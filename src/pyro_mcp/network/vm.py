@@ -13,7 +13,7 @@ import contextlib
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro_mcp.network import links, netns, rules
 from pyro_mcp.network.addressing import (
@@ -26,8 +26,10 @@ from pyro_mcp.network.addressing import (
     Uplink,
 )
 from pyro_mcp.network.allowlist import AllowList
-from pyro_mcp.network.dns import DnsForwarder, host_upstreams
 from pyro_mcp.vmm.base import GuestNic
+
+if TYPE_CHECKING:
+    from pyro_mcp.network.dns import DnsForwarder
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,9 @@ class VmNetwork:
 
     def wire(self) -> None:
         """Uplink, rules, DNS forwarder; forwarding is turned on last."""
+        # Imported here, off every path but a networked VM's set-up (dnspython costs ~40 ms).
+        from pyro_mcp.network.dns import DnsForwarder, host_upstreams
+
         assert self.ns_fd is not None
         upstreams = host_upstreams()
         host_ns = netns.current()
