@@ -43,6 +43,7 @@ from framework.waiting import WAIT, wait_until
 from pyro_mcp.errors import ConflictError
 from pyro_mcp.network import dns as dns_module
 from pyro_mcp.network import links, netns
+from pyro_mcp.network import vm as vm_module
 from pyro_mcp.network.addressing import GATEWAY_IP, GATEWAY_MAC, GUEST_IP, GUEST_MAC, Uplink
 from pyro_mcp.network.vm import NetworkPlan, VmNetwork
 
@@ -403,3 +404,21 @@ def test_a_guests_dns_query_through_the_tap_passes_the_filter_and_is_answered(
     assert reply.rcode() == dns.rcode.NOERROR and a_records(reply) == {"192.0.2.10"}
     assert learned(vm) == {"192.0.2.10": TTL}
     assert guest_dns_over_tap(vm, "other.example").rcode() == dns.rcode.REFUSED
+
+
+def test_an_address_still_open_for_half_its_ttl_is_not_loaded_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loaded: list[Any] = []
+    monkeypatch.setattr(vm_module.rules, "load", loaded.append)
+    network = VmNetwork(NetworkPlan(0, ("web.pyro.test",)))
+    with netns.throwaway_namespace() as ns:
+        network.ns_fd = ns
+        network._learn([("203.0.113.20", 60)])
+        network._learn([("203.0.113.20", 60), ("203.0.113.21", 60)])  # only .21 is new
+        network.set_allowlist(["web.pyro.test"])  # a new table forgets what was learnt
+        network._learn([("203.0.113.20", 60)])
+        network.ns_fd = None
+    learnt = [doc for doc in loaded if doc and "element" in doc[-1]["add"]]
+    opened = [[e["elem"]["val"] for e in doc[-1]["add"]["element"]["elem"]] for doc in learnt]
+    assert opened == [["203.0.113.20"], ["203.0.113.21"], ["203.0.113.20"]]

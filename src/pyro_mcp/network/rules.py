@@ -123,6 +123,11 @@ def vm_table(allow: AllowList) -> Doc:
 _BLOCKED_NETS = tuple(ipaddress.IPv4Network(net) for net in BLOCKED)
 
 
+def clamp_ttl(ttl: int) -> int:
+    """How long a learnt address stays open: its TTL, within 30 s and a day."""
+    return min(max(ttl, MIN_TTL_S), MAX_TTL_S)
+
+
 def learned(addresses: Iterable[tuple[str, int]]) -> Doc:
     """Put the addresses a DNS answer gave into `allow_dns` for their TTL (renewed if there).
 
@@ -132,7 +137,7 @@ def learned(addresses: Iterable[tuple[str, int]]) -> Doc:
     for ip, ttl in addresses:  # an address twice would be deleted twice: nft refuses that
         if any(ipaddress.IPv4Address(ip) in net for net in _BLOCKED_NETS):
             continue
-        longest[ip] = max(longest.get(ip, 0), min(max(ttl, MIN_TTL_S), MAX_TTL_S))
+        longest[ip] = max(longest.get(ip, 0), clamp_ttl(ttl))
     elements = [{"elem": {"val": ip, "timeout": ttl}} for ip, ttl in longest.items()]
     if not elements:
         return []

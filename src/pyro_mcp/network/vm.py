@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +84,7 @@ class VmNetwork:
         self.ns_fd: int | None = None
         self.tap_fd: int | None = None
         self.forwarder: DnsForwarder | None = None
+        self._expiry: dict[str, float] = {}  # learnt address -> when its set element lapses
 
     def open(self) -> None:
         """The namespace and the TAP in it: what the VMM needs before it starts."""
@@ -130,13 +132,22 @@ class VmNetwork:
             self.forwarder.set_allowlist(allow or None)
         with netns.entered(self.ns_fd):
             rules.load(rules.vm_table(allow))
+        self._expiry.clear()
         self.allow = allow
         self.plan = NetworkPlan(self.plan.slot, tuple(allow.entries()))
 
     def _learn(self, addresses: list[tuple[str, int]]) -> None:
+        """Open the answer's addresses; one still open for half its TTL needs no nft run
+        (the forwarder calls this under its lock, so the map needs none)."""
         assert self.ns_fd is not None
+        now = time.monotonic()
+        clamped = [(ip, rules.clamp_ttl(ttl)) for ip, ttl in addresses]
+        due = [(ip, ttl) for ip, ttl in clamped if self._expiry.get(ip, 0.0) - now < ttl / 2]
+        if not due:
+            return
         with netns.entered(self.ns_fd):
-            rules.load(rules.learned(addresses))
+            rules.load(rules.learned(due))
+        self._expiry.update((ip, now + ttl) for ip, ttl in due)
 
     def close(self) -> None:
         if self.forwarder is not None:
