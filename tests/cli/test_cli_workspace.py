@@ -251,6 +251,16 @@ def test_update_maps_options(fake: FakeSdk, run: Runner, argv: list[str]) -> Non
     assert out.startswith(f"Workspace ID: {WID}\n")
 
 
+def test_update_replaces_or_lifts_the_allowlist(fake: FakeSdk, run: Runner) -> None:
+    assert run("update", WID, "--allow-host", "pypi.org", "--allow-host", "10.0.0.5")[0] == 0
+    assert run("update", "--clear-allow-hosts", WID)[0] == 0
+    code, _, err = run("update", WID, "--allow-host", "x.org", "--clear-allow-hosts")
+    assert code == 2 and "not allowed with" in err
+    first, second = (call[2] for call in fake.calls)
+    assert (first["allow_hosts"], first["clear_allow_hosts"]) == (["pypi.org", "10.0.0.5"], False)
+    assert (second["allow_hosts"], second["clear_allow_hosts"]) == (None, True)
+
+
 def test_update_clear_name(fake: FakeSdk, run: Runner) -> None:
     assert run("update", WID, "--clear-name", "--json")[0] == 0
     assert fake.call[2] == {

@@ -52,6 +52,17 @@ def test_schemas_follow_the_contract_defaults() -> None:
     )
 
 
+def test_only_the_full_profile_offers_the_network_knobs() -> None:
+    knobs = {"network_policy", "allow_hosts", "clear_allow_hosts"}
+    core, full = tools_of("workspace-core"), tools_of("workspace-full")
+    for tool in ("workspace_create", "workspace_update"):
+        assert not knobs & set(core[tool].input_schema["properties"]), tool
+    create = full["workspace_create"].input_schema["properties"]
+    assert create["network_policy"]["default"] == "off" and "allow_hosts" in create
+    update = full["workspace_update"].input_schema["properties"]
+    assert {"allow_hosts", "clear_allow_hosts"} <= set(update)
+
+
 def test_an_unknown_profile_is_refused() -> None:
     with pytest.raises(InvalidArgumentError, match="workspace-core"):
         create_server(Pyro(), profile="everything")
