@@ -80,14 +80,6 @@ CONTRACT = {
 SHELLS_AND_SERVICES = "issue 12 (shells and services)"
 SNAPSHOTS_AND_DISK = "issue 14 (named snapshots and disk tools)"
 PENDING = {
-    **dict.fromkeys(
-        ("open_shell", "read_shell", "write_shell", "signal_shell", "close_shell"),
-        SHELLS_AND_SERVICES,
-    ),
-    **dict.fromkeys(
-        ("start_service", "list_services", "status_service", "logs_service", "stop_service"),
-        SHELLS_AND_SERVICES,
-    ),
     **dict.fromkeys(("create_snapshot", "list_snapshots", "delete_snapshot"), SNAPSHOTS_AND_DISK),
     **dict.fromkeys(
         ("export_workspace_disk", "list_workspace_disk", "read_workspace_disk"),

@@ -241,6 +241,111 @@ class Pyro:
             on_output=on_output,
         )
 
+    # --- shells --------------------------------------------------------------------------
+
+    def open_shell(
+        self,
+        workspace_id: str,
+        *,
+        cwd: str = "/workspace",
+        cols: int = 120,
+        rows: int = 30,
+        secret_env: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Start an interactive shell on a PTY in the workspace; it lives in the guest until
+        closed or the workspace stops."""
+        return self.manager.shells.open(
+            workspace_id, cwd=cwd, cols=cols, rows=rows, secret_env=secret_env
+        )
+
+    def read_shell(
+        self,
+        workspace_id: str,
+        shell_id: str,
+        *,
+        cursor: int = 0,
+        max_chars: int = 65536,
+        plain: bool = False,
+        wait_for_idle_ms: int | None = None,
+    ) -> dict[str, Any]:
+        """The shell's output from `cursor` (pass back `next_cursor`); `plain` renders it as a
+        terminal shows it; `wait_for_idle_ms` first waits until output has been quiet that long."""
+        return self.manager.shells.read(
+            workspace_id, shell_id, cursor=cursor, max_chars=max_chars, plain=plain,
+            wait_for_idle_ms=wait_for_idle_ms,
+        )  # fmt: skip
+
+    def write_shell(
+        self, workspace_id: str, shell_id: str, *, input: str, append_newline: bool = True
+    ) -> dict[str, Any]:
+        """Type `input` into the shell (and Enter, unless append_newline=False)."""
+        return self.manager.shells.write(
+            workspace_id, shell_id, input=input, append_newline=append_newline
+        )
+
+    def signal_shell(
+        self, workspace_id: str, shell_id: str, *, signal_name: str = "INT"
+    ) -> dict[str, Any]:
+        """Send HUP, INT, TERM or KILL to the shell's foreground job, as a terminal would."""
+        return self.manager.shells.signal(workspace_id, shell_id, signal_name=signal_name)
+
+    def resize_shell(
+        self, workspace_id: str, shell_id: str, *, cols: int, rows: int
+    ) -> dict[str, Any]:
+        """Change the shell's window size (programs see SIGWINCH)."""
+        return self.manager.shells.resize(workspace_id, shell_id, cols=cols, rows=rows)
+
+    def close_shell(self, workspace_id: str, shell_id: str) -> dict[str, Any]:
+        """End the shell and every process it started."""
+        return self.manager.shells.close(workspace_id, shell_id)
+
+    # --- services ------------------------------------------------------------------------
+
+    def start_service(
+        self,
+        workspace_id: str,
+        service_name: str,
+        *,
+        command: Command,
+        cwd: str = "/workspace",
+        readiness: dict[str, Any] | None = None,
+        ready_timeout_seconds: int = 30,
+        ready_interval_ms: int = 500,
+        secret_env: dict[str, str] | None = None,
+        published_ports: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Start a long-running process; returns once its readiness check passes (or it failed:
+        exited first, or timed out and was killed). Published ports live as long as it runs."""
+        if secret_env:
+            raise InvalidArgumentError(
+                "secret_env needs workspace secrets, which are not available in this version"
+            )
+        return self.manager.services.start(
+            workspace_id, service_name, command=command, cwd=cwd, readiness=readiness,
+            ready_timeout_seconds=ready_timeout_seconds, ready_interval_ms=ready_interval_ms,
+            published_ports=published_ports,
+        )  # fmt: skip
+
+    def list_services(self, workspace_id: str) -> dict[str, Any]:
+        """Every service of the workspace, running or ended, with its state."""
+        return self.manager.services.list(workspace_id)
+
+    def status_service(self, workspace_id: str, service_name: str) -> dict[str, Any]:
+        """A service's state (an exit is seen here without anything polling in between)."""
+        return self.manager.services.status(workspace_id, service_name)
+
+    def logs_service(
+        self, workspace_id: str, service_name: str, *, tail_lines: int = 200, all: bool = False
+    ) -> dict[str, Any]:
+        """A service's stdout and stderr: the last `tail_lines` lines, or everything kept."""
+        return self.manager.services.logs(
+            workspace_id, service_name, tail_lines=tail_lines, all=all
+        )
+
+    def stop_service(self, workspace_id: str, service_name: str) -> dict[str, Any]:
+        """TERM the service's process group, KILL it after a grace; its ports close."""
+        return self.manager.services.stop(workspace_id, service_name)
+
     def logs_workspace(self, workspace_id: str) -> dict[str, Any]:
         """Every command run in the workspace with the tail of its output, oldest first."""
         return self._commands.logs(workspace_id)

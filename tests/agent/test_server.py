@@ -77,6 +77,10 @@ def test_agent_serves_every_op(workdir: Path, python: str | None) -> None:
             *("hello", "ping", "exec", "configure", "sync", "shutdown"),
             *("file.list", "file.read", "file.write", "file.delete", "tree.manifest"),
             *("tar.create", "tar.extract", "patch.apply"),
+            *("shell.open", "shell.read", "shell.write", "shell.signal", "shell.resize"),
+            *("shell.close", "shell.list"),
+            *("service.start", "service.list", "service.status", "service.logs"),
+            *("service.stop", "service.wait"),
         }
         pong = conn.call(2, "ping", {})["result"]
         assert pong["pong"] is True and isinstance(pong["time"], float)

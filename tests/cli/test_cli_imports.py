@@ -127,6 +127,14 @@ def test_every_workspace_command_reaches_the_sdk_light(tmp_path: Path) -> None:
         ["workspace", "file", "list", ws],
         ["workspace", "file", "read", ws, "/workspace/a"],
         ["workspace", "file", "write", ws, "/workspace/a", "--text", "x"],
+        ["workspace", "shell", "open", ws],
+        *[["workspace", "shell", verb, ws, "0123456789ab"] for verb in ("read", "close")],
+        ["workspace", "shell", "write", ws, "0123456789ab", "--input", "x"],
+        ["workspace", "shell", "signal", ws, "0123456789ab"],
+        ["workspace", "shell", "resize", ws, "0123456789ab", "--cols", "80", "--rows", "24"],
+        ["workspace", "service", "start", ws, "web", "--ready-file", "r", "--", "true"],
+        ["workspace", "service", "list", ws],
+        *[["workspace", "service", verb, ws, "web"] for verb in ("status", "logs", "stop")],
     ]
     covered = {tuple(argv[:3]) for argv in runs} | {tuple(argv[:2]) for argv in runs}
     for leaf in leaf_paths(build_parser(), []):

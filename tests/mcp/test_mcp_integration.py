@@ -24,6 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from framework.waiting import wait_until
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from pyro_mcp import paths
+from pyro_mcp.mcp.profiles import WORKSPACE_FULL
 
 ENV = "debian:12"
 
@@ -77,7 +78,9 @@ def test_each_profile_lists_its_tools(tmp_path: Path, transport: str) -> None:
 
     found = anyio.run(main)
     assert found["vm-run"] == ["vm_run"]
-    assert len(found["workspace-core"]) == 16 and len(found["workspace-full"]) == 27
+    assert len(found["workspace-core"]) == 16 and len(found["workspace-full"]) == len(
+        WORKSPACE_FULL
+    )
     assert "workspace_patch_apply" in found["workspace-core"]
 
 
@@ -263,6 +266,6 @@ def test_http_refuses_to_start_without_a_token(tmp_path: Path) -> None:
 def test_http_on_loopback_with_no_auth_serves(tmp_path: Path) -> None:
     async def main() -> None:
         async with http_server(tmp_path, None, None, "--no-auth") as url:
-            assert len(await over_http(url, None, tool_names)) == 27
+            assert len(await over_http(url, None, tool_names)) == len(WORKSPACE_FULL)
 
     anyio.run(main)

@@ -13,7 +13,7 @@ import pytest
 from pyro_mcp.errors import InvalidArgumentError
 from pyro_mcp.mcp import http
 from pyro_mcp.mcp.bounds import bound
-from pyro_mcp.mcp.profiles import PROFILES, WORKSPACE_CORE
+from pyro_mcp.mcp.profiles import PROFILES, WORKSPACE_CORE, WORKSPACE_FULL
 from pyro_mcp.mcp.roots import Roots, default_roots
 from pyro_mcp.mcp.server import create_server
 from pyro_mcp.sdk import Pyro
@@ -29,7 +29,7 @@ def test_profiles_offer_exactly_their_tools() -> None:
     core = tools_of("workspace-core")
     assert len(core) == 16 and set(core) == set(WORKSPACE_CORE)
     full = tools_of("workspace-full")
-    assert set(full) > set(core) and len(full) == 27
+    assert set(full) > set(core) and len(full) == len(WORKSPACE_FULL)
     for tool in full.values():
         assert len(tool.description or "") > 30, tool.name
 
@@ -147,3 +147,14 @@ def test_profiles_are_nested() -> None:
     assert (
         set(PROFILES["vm-run"]) < set(PROFILES["workspace-core"]) < set(PROFILES["workspace-full"])
     )
+
+
+def test_service_start_takes_3_11s_ready_options_and_refuses_two() -> None:
+    start = tools_of("workspace-full")["service_start"].input_schema["properties"]
+    assert {"ready_file", "ready_tcp", "ready_http", "ready_command"} <= set(start)
+    assert "readiness" not in start and "secret_env" not in start
+    server = create_server(Pyro(), profile="workspace-full")
+    arguments = {"workspace_id": "0123456789ab", "service_name": "web", "command": "true",
+                 "ready_file": "r", "ready_tcp": "127.0.0.1:80"}  # fmt: skip
+    with pytest.raises(Exception, match="at most one readiness check"):
+        anyio.run(lambda: server.call_tool("service_start", arguments))

@@ -7,7 +7,7 @@ command line, or ``--unix PATH`` for tests on the host.
 
 This module is the transport, the sessions and the dispatch; the operations live in
 commands.py (exec), files.py (file.*, tree.manifest), archives.py (tar.*),
-patches.py (patch.apply) and system.py (configure, power).
+patches.py (patch.apply), shells.py (shell.*) and system.py (configure, power).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pyro_mcp.agent import archives, commands, files, patches
+from pyro_mcp.agent import archives, commands, files, patches, services, shells
 from pyro_mcp.agent.system import REBOOT_CMDS, AgentConfig, configure
 from pyro_mcp.protocol import frames, ops
 
@@ -298,6 +298,7 @@ class Agent:
     def __init__(self, config: AgentConfig | None = None) -> None:
         self.config = config or AgentConfig()
         tree = files.Tree(self.config.workspace_root)
+        self.shells = shells.Shells(tree)
         self.ops: dict[str, Callable[[Call, Params], Params]] = {
             "ping": self._ping,
             "exec": commands.exec_op,
@@ -307,6 +308,8 @@ class Agent:
             **files.operations(tree),
             **archives.operations(tree),
             "patch.apply": lambda call, params: patches.apply_patch(tree, call, params),
+            **self.shells.operations(),
+            **services.operations(self.config),
         }
         # Operations that read the request's input (``in`` frames); see frames.py.
         self.input_ops = frozenset({"file.write", "tar.extract", "tree.manifest", "patch.apply"})
@@ -329,11 +332,13 @@ class Agent:
         return session
 
     def stop(self) -> None:
-        """Cancel every request of every session; their process groups die with them."""
+        """Cancel every request of every session (their process groups die with them), then
+        close every shell."""
         with self._lock:
             sessions = list(self._sessions)
         for session in sessions:
             session.close()
+        self.shells.close_all()
 
     def _ping(self, call: Call, params: Params) -> Params:
         ops.check_keys(params, ())

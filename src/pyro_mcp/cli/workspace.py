@@ -23,7 +23,7 @@ ALLOW_HOST_HELP = "only this domain (*.example.com too) or IPv4 CIDR is reachabl
 Handler = Callable[[argparse.Namespace], int]
 
 
-class _IntermixedParser(argparse.ArgumentParser):
+class Intermixed(argparse.ArgumentParser):
     """Parses options and positionals in any order, also with an optional positional.
 
     Older CPython releases (gh-59317; 3.12.1 among them) reject `file list WID --recursive
@@ -42,7 +42,7 @@ class _IntermixedParser(argparse.ArgumentParser):
             self._inner = False
 
 
-def _sdk() -> Pyro:
+def sdk() -> Pyro:
     from pyro_mcp.sdk import Pyro  # imported late: `pyro --help` should not pay for the SDK
 
     return Pyro()
@@ -51,7 +51,7 @@ def _sdk() -> Pyro:
 # --- parser -------------------------------------------------------------------------------
 
 
-def _leaf(
+def leaf(
     sub: Any, name: str, help_text: str, handler: Handler, *, json_flag: bool = True
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
@@ -62,12 +62,12 @@ def _leaf(
 
 
 def _on_workspace(sub: Any, name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
-    parser = _leaf(sub, name, help_text, handler)
+    parser = leaf(sub, name, help_text, handler)
     parser.add_argument("workspace_id", metavar="WORKSPACE_ID")
     return parser
 
 
-def _group(sub: Any, name: str, help_text: str, **kwargs: Any) -> Any:
+def group(sub: Any, name: str, help_text: str, **kwargs: Any) -> Any:
     parser = sub.add_parser(name, help=help_text, description=help_text)
     return parser.add_subparsers(
         dest=f"workspace_{name}_command", metavar="SUBCOMMAND", required=True, **kwargs
@@ -84,10 +84,14 @@ def register(commands: Any) -> None:
     _register_lifecycle(sub)
     _register_exec_and_transfer(sub)
     _register_files(sub)
+    from pyro_mcp.cli import workspace_service, workspace_shell  # modules of their own
+
+    workspace_shell.register(sub)
+    workspace_service.register(sub)
 
 
 def _register_create(sub: Any) -> None:
-    create = _leaf(sub, "create", "create and boot a workspace", _create, json_flag=False)
+    create = leaf(sub, "create", "create and boot a workspace", _create, json_flag=False)
     create.add_argument("environment", metavar="ENVIRONMENT")
     create.add_argument("--vcpu-count", type=int, default=1, help="virtual CPUs")
     create.add_argument("--mem-mib", type=int, default=1024, help="guest memory in MiB")
@@ -112,7 +116,7 @@ def _register_create(sub: Any) -> None:
 
 def _register_lifecycle(sub: Any) -> None:
     _register_create(sub)
-    _leaf(sub, "list", "list workspaces, most recently active first", _list)
+    leaf(sub, "list", "list workspaces, most recently active first", _list)
     update = _on_workspace(sub, "update", "rename, relabel, or change the allowlist", _update)
     names = update.add_mutually_exclusive_group()
     names.add_argument("--name", help="new name")
@@ -145,7 +149,7 @@ def _register_exec_and_transfer(sub: Any) -> None:
     run.add_argument("--timeout-seconds", type=int, default=30, help="command timeout")
     run.set_defaults(wants_command=True)
 
-    sync = _group(sub, "sync", "copy host files into a workspace")
+    sync = group(sub, "sync", "copy host files into a workspace")
     push = _on_workspace(sync, "push", "copy a host directory or archive in", _sync_push)
     push.add_argument("source_path", metavar="SOURCE_PATH")
     push.add_argument("--dest", default="/workspace", help="destination inside /workspace")
@@ -156,7 +160,7 @@ def _register_exec_and_transfer(sub: Any) -> None:
 
     _on_workspace(sub, "diff", "show changes against the baseline", _diff)
 
-    patch = _group(sub, "patch", "change workspace files with a unified diff")
+    patch = group(sub, "patch", "change workspace files with a unified diff")
     apply = _on_workspace(patch, "apply", "apply a unified diff under /workspace", _patch_apply)
     source = apply.add_mutually_exclusive_group(required=True)
     source.add_argument("--patch", help="the patch text")
@@ -164,9 +168,7 @@ def _register_exec_and_transfer(sub: Any) -> None:
 
 
 def _register_files(sub: Any) -> None:
-    files = _group(
-        sub, "file", "list, read and write workspace files", parser_class=_IntermixedParser
-    )
+    files = group(sub, "file", "list, read and write workspace files", parser_class=Intermixed)
 
     listing = _on_workspace(files, "list", "list files under a path", _file_list)
     listing.add_argument(
@@ -174,7 +176,7 @@ def _register_files(sub: Any) -> None:
     )
     listing.add_argument("--recursive", action="store_true", help="descend into directories")
 
-    read = _leaf(files, "read", "print a file", _file_read, json_flag=False)
+    read = leaf(files, "read", "print a file", _file_read, json_flag=False)
     read.add_argument("workspace_id", metavar="WORKSPACE_ID")
     read.add_argument("path", metavar="PATH")
     read.add_argument("--max-bytes", type=int, default=65536, help="read at most this much")
@@ -232,7 +234,7 @@ def _phases(args: argparse.Namespace) -> Callable[[str], None] | None:
 
 def _create(args: argparse.Namespace) -> int:
     labels = _labels(args.label)
-    workspace = _sdk().create_workspace(
+    workspace = sdk().create_workspace(
         environment=args.environment,
         vcpu_count=args.vcpu_count,
         mem_mib=args.mem_mib,
@@ -253,13 +255,13 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    show(_sdk().list_workspaces(), args.json, render.workspace_list)
+    show(sdk().list_workspaces(), args.json, render.workspace_list)
     return 0
 
 
 def _update(args: argparse.Namespace) -> int:
     labels = _labels(args.label)
-    workspace = _sdk().update_workspace(
+    workspace = sdk().update_workspace(
         args.workspace_id,
         name=args.name,
         clear_name=args.clear_name,
@@ -273,35 +275,35 @@ def _update(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    show(_sdk().status_workspace(args.workspace_id), args.json, render.summary)
+    show(sdk().status_workspace(args.workspace_id), args.json, render.summary)
     return 0
 
 
 def _logs(args: argparse.Namespace) -> int:
-    show(_sdk().logs_workspace(args.workspace_id), args.json, render.logs)
+    show(sdk().logs_workspace(args.workspace_id), args.json, render.logs)
     return 0
 
 
 def _delete(args: argparse.Namespace) -> int:
-    result = _sdk().delete_workspace(args.workspace_id)
+    result = sdk().delete_workspace(args.workspace_id)
     show(result, args.json, lambda r: print(f"Deleted workspace: {r['workspace_id']}"))
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
-    workspace = _sdk().stop_workspace(args.workspace_id)
+    workspace = sdk().stop_workspace(args.workspace_id)
     show(workspace, args.json, lambda ws: render.summary(ws, "Stopped workspace ID"))
     return 0
 
 
 def _start(args: argparse.Namespace) -> int:
-    workspace = _sdk().start_workspace(args.workspace_id, on_phase=_phases(args))
+    workspace = sdk().start_workspace(args.workspace_id, on_phase=_phases(args))
     show(workspace, args.json, lambda ws: render.summary(ws, "Started workspace ID"))
     return 0
 
 
 def _reset(args: argparse.Namespace) -> int:
-    workspace = _sdk().reset_workspace(
+    workspace = sdk().reset_workspace(
         args.workspace_id, snapshot=args.snapshot, on_phase=_phases(args)
     )
     show(workspace, args.json, render.reset_summary)
@@ -314,7 +316,7 @@ def _exec(args: argparse.Namespace) -> int:
             "no command given",
             hint=f"put the command after `--`: pyro workspace exec {args.workspace_id} -- true",
         )
-    result = _sdk().exec_workspace(
+    result = sdk().exec_workspace(
         args.workspace_id,
         command=as_command(args.command),
         timeout_seconds=args.timeout_seconds,
@@ -328,39 +330,37 @@ def _exec(args: argparse.Namespace) -> int:
 
 
 def _sync_push(args: argparse.Namespace) -> int:
-    result = _sdk().push_workspace_sync(args.workspace_id, args.source_path, dest=args.dest)
+    result = sdk().push_workspace_sync(args.workspace_id, args.source_path, dest=args.dest)
     show(result, args.json, render.sync_line)
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    result = _sdk().export_workspace(args.workspace_id, args.path, output_path=args.output)
+    result = sdk().export_workspace(args.workspace_id, args.path, output_path=args.output)
     show(result, args.json, render.export_line)
     return 0
 
 
 def _diff(args: argparse.Namespace) -> int:
-    show(_sdk().diff_workspace(args.workspace_id), args.json, render.diff)
+    show(sdk().diff_workspace(args.workspace_id), args.json, render.diff)
     return 0
 
 
 def _patch_apply(args: argparse.Namespace) -> int:
     patch = args.patch if args.patch is not None else _read_text("--patch-file", args.patch_file)
-    result = _sdk().apply_workspace_patch(args.workspace_id, patch=patch)
+    result = sdk().apply_workspace_patch(args.workspace_id, patch=patch)
     show(result, args.json, render.patch_summary)
     return 0
 
 
 def _file_list(args: argparse.Namespace) -> int:
-    result = _sdk().list_workspace_files(
-        args.workspace_id, path=args.path, recursive=args.recursive
-    )
+    result = sdk().list_workspace_files(args.workspace_id, path=args.path, recursive=args.recursive)
     show(result, args.json, render.file_list)
     return 0
 
 
 def _file_read(args: argparse.Namespace) -> int:
-    result = _sdk().read_workspace_file(args.workspace_id, args.path, max_bytes=args.max_bytes)
+    result = sdk().read_workspace_file(args.workspace_id, args.path, max_bytes=args.max_bytes)
     if args.json:
         emit_json(result)
         return 0
@@ -372,6 +372,6 @@ def _file_read(args: argparse.Namespace) -> int:
 
 def _file_write(args: argparse.Namespace) -> int:
     text = args.text if args.text is not None else _read_text("--text-file", args.text_file)
-    result = _sdk().write_workspace_file(args.workspace_id, args.path, text=text)
+    result = sdk().write_workspace_file(args.workspace_id, args.path, text=text)
     show(result, args.json, render.file_write_line)
     return 0

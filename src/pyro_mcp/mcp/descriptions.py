@@ -111,4 +111,43 @@ DESCRIPTIONS = {
         "Put /workspace back to its baseline in a fresh VM (packages installed outside "
         "/workspace are gone too). Command history is kept."
     ),
+    "shell_open": (
+        "Open an interactive shell (bash on a PTY) in a started workspace, for programs that "
+        "need a terminal: a REPL, a debugger, `git rebase -i`, a TUI. It lives in the guest "
+        "until shell_close or the workspace stops. Returns shell_id."
+    ),
+    "shell_read": (
+        "Read a shell's output from `cursor` (0 at first, then the next_cursor you got). "
+        "wait_for_idle_ms (1-10000) first waits until the output has been quiet that long: use "
+        "it after shell_write to get a command's whole reply in one call. plain=true renders "
+        "colours, cursor moves and redraws as the screen shows them. truncated=true: output "
+        "before `cursor` was dropped (each shell keeps its last 1 M characters)."
+    ),
+    "shell_write": (
+        "Type `input` into a shell, then Enter unless append_newline=false. To interrupt a "
+        "running command use shell_signal rather than typing Ctrl-C."
+    ),
+    "shell_signal": (
+        "Send HUP, INT, TERM or KILL to the shell's foreground job, as a terminal would: INT "
+        "interrupts a running command and leaves the shell."
+    ),
+    "shell_resize": "Change a shell's window size in columns and rows (programs see SIGWINCH).",
+    "shell_close": "End a shell and every process it started.",
+    "service_start": (
+        "Start a long-running process in a started workspace (a dev server, a database) under "
+        "service_name; returns once ready: give at most one of ready_file (a path in "
+        "/workspace), ready_tcp (HOST:PORT in the guest), ready_http (a URL answering 2xx/3xx) "
+        "or ready_command (exits 0), within ready_timeout_seconds. state is running, or failed "
+        "with stop_reason (process_exited_before_ready, readiness_timeout). published_ports "
+        "[{guest_port, host_port?}] relays 127.0.0.1 on the host to the guest while it runs "
+        "(network_policy 'egress+published-ports' only)."
+    ),
+    "service_list": "A workspace's services, running or ended, with their states.",
+    "service_status": (
+        "A service's state: running, exited (with exit_code), stopped or failed (stop_reason)."
+    ),
+    "service_logs": (
+        "A service's stdout and stderr: the last tail_lines lines (default 200) or all=true."
+    ),
+    "service_stop": "Stop a service: TERM to its processes, KILL after a grace; its ports close.",
 }

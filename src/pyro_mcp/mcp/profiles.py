@@ -14,6 +14,8 @@ WORKSPACE_FULL = (
     *WORKSPACE_CORE,
     "vm_list_environments", "vm_create", "vm_start", "vm_exec", "vm_stop", "vm_delete",
     "vm_status", "vm_network_info", "vm_reap_expired", "workspace_stop", "workspace_start",
+    "shell_open", "shell_read", "shell_write", "shell_signal", "shell_resize", "shell_close",
+    "service_start", "service_list", "service_status", "service_logs", "service_stop",
 )  # fmt: skip
 PROFILES = {"vm-run": VM_RUN, "workspace-core": WORKSPACE_CORE, "workspace-full": WORKSPACE_FULL}
 DEFAULT_PROFILE = "workspace-full"

@@ -52,6 +52,17 @@ SDK_METHODS = {
     "workspace_file_write": "write_workspace_file",
     "workspace_patch_apply": "apply_workspace_patch",
     "workspace_reset": "reset_workspace",
+    "shell_open": "open_shell",
+    "shell_read": "read_shell",
+    "shell_write": "write_shell",
+    "shell_signal": "signal_shell",
+    "shell_resize": "resize_shell",
+    "shell_close": "close_shell",
+    "service_start": "start_service",
+    "service_list": "list_services",
+    "service_status": "status_service",
+    "service_logs": "logs_service",
+    "service_stop": "stop_service",
 }
 HIDDEN = frozenset({"on_output", "on_phase", "progress", "secrets", "secret_env"})
 FULL_ONLY = frozenset({"network_policy", "allow_hosts", "clear_allow_hosts"})
@@ -76,6 +87,45 @@ AFTER: dict[str, Callable[[Any], dict[str, Any]]] = {
 }
 
 
+def _start_service(pyro: Pyro) -> Callable[..., dict[str, Any]]:
+    """service_start as 3.11's MCP tool takes it: one ready_* argument instead of a readiness
+    dict (and two of them refused, where 3.11 silently took the first)."""
+
+    def start_service(
+        workspace_id: str,
+        service_name: str,
+        command: str | list[str],
+        cwd: str = "/workspace",
+        ready_file: str | None = None,
+        ready_tcp: str | None = None,
+        ready_http: str | None = None,
+        ready_command: str | None = None,
+        ready_timeout_seconds: int = 30,
+        ready_interval_ms: int = 500,
+        secret_env: dict[str, str] | None = None,
+        published_ports: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        from pyro_mcp.runtime.workspaces.services import readiness_from_options
+
+        readiness = readiness_from_options(
+            ready_file=ready_file, ready_tcp=ready_tcp, ready_http=ready_http,
+            ready_command=ready_command,
+        )  # fmt: skip
+        return pyro.start_service(
+            workspace_id, service_name, command=command, cwd=cwd, readiness=readiness,
+            ready_timeout_seconds=ready_timeout_seconds, ready_interval_ms=ready_interval_ms,
+            secret_env=secret_env, published_ports=published_ports,
+        )  # fmt: skip
+
+    return start_service
+
+
+# Tools whose parameters are not their SDK method's.
+ADAPTERS: dict[str, Callable[[Pyro], Callable[..., dict[str, Any]]]] = {
+    "service_start": _start_service,
+}
+
+
 class PyroTools:
     """Every tool of every profile; a profile picks some of them by name."""
 
@@ -88,7 +138,10 @@ class PyroTools:
         return {name: (self._tool(name), text) for name, text in DESCRIPTIONS.items()}
 
     def _tool(self, name: str) -> Tool:
-        method: Callable[..., Any] = getattr(self.pyro, SDK_METHODS[name])
+        adapter = ADAPTERS.get(name)
+        method: Callable[..., Any] = (
+            adapter(self.pyro) if adapter else getattr(self.pyro, SDK_METHODS[name])
+        )
         signature = inspect.signature(method, eval_str=True)
         params = [p for p in signature.parameters.values() if p.name not in self.hidden]
         after: Callable[[Any], dict[str, Any]] = AFTER.get(name, _as_is)

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from pyro_mcp.runtime.workspaces.commands import WorkspaceCommands
     from pyro_mcp.runtime.workspaces.files import WorkspaceFiles
     from pyro_mcp.runtime.workspaces.service import WorkspaceService
+    from pyro_mcp.runtime.workspaces.services import WorkspaceServices
+    from pyro_mcp.runtime.workspaces.shells import WorkspaceShells
 
 
 class VmManager:
@@ -46,6 +48,18 @@ class VmManager:
         from pyro_mcp.runtime.workspaces.files import WorkspaceFiles
 
         return WorkspaceFiles(self.workspaces)
+
+    @cached_property
+    def shells(self) -> WorkspaceShells:
+        from pyro_mcp.runtime.workspaces.shells import WorkspaceShells
+
+        return WorkspaceShells(self.workspaces)
+
+    @cached_property
+    def services(self) -> WorkspaceServices:
+        from pyro_mcp.runtime.workspaces.services import WorkspaceServices
+
+        return WorkspaceServices(self.workspaces)
 
     def prune(self) -> dict[str, Any]:
         """Remove stale environment installs and artefacts, and snapshots nothing can use."""

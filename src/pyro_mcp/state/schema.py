@@ -32,6 +32,11 @@ COMMAND_COLUMNS = (
     "workspace_id", "sequence", "command", "cwd", "started_at", "recorded_at", "exit_code",
     "duration_ms", "timed_out", "stdout_truncated", "stderr_truncated", "execution_mode", "error",
 )  # fmt: skip
+SERVICE_COLUMNS = (
+    "workspace_id", "service_name", "run_id", "vm_id", "state", "command", "cwd", "started_at",
+    "ended_at", "exit_code", "pid", "readiness", "ready_at", "stop_reason", "published_ports",
+    "execution_mode", "recorded_at",
+)  # fmt: skip
 
 # Version 1: the tables as they stood when versions began.
 _V1_TABLES = (
@@ -133,8 +138,35 @@ def _v2(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    """Services: the host's record of each workspace service's last run, so that a stop,
+    start or reset of the workspace shows them stopped instead of forgetting them."""
+    conn.execute(
+        """CREATE TABLE workspace_services (
+    workspace_id TEXT NOT NULL,
+    service_name TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    vm_id TEXT,
+    state TEXT NOT NULL,
+    command TEXT NOT NULL,
+    cwd TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    exit_code INTEGER,
+    pid INTEGER,
+    readiness TEXT,
+    ready_at REAL,
+    stop_reason TEXT,
+    published_ports TEXT NOT NULL DEFAULT '[]',
+    execution_mode TEXT,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (workspace_id, service_name)
+)"""
+    )
+
+
 # In order: step N takes a database from version N-1 to N. Append only; never edit a step.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
 
 
 def current_version() -> int:

@@ -33,6 +33,7 @@ from pyro_mcp.network.vm import NetworkPlan, VmNetwork, describe, guest_nic
 from pyro_mcp.protocol import frames
 from pyro_mcp.state.store import StateStore
 from pyro_mcp.supervisor.config import CONSOLE_LOG, LOG, SOCKET, SupervisorConfig
+from pyro_mcp.supervisor.ports import ServicePorts
 from pyro_mcp.supervisor.relay import Relay
 from pyro_mcp.vmm.base import Backend, Snapshot
 
@@ -85,6 +86,7 @@ class Supervisor:
         if config.network is not None:
             plan = NetworkPlan.from_json(config.network)
             self.network = VmNetwork(plan, persistent_tap=config.backend == "firecracker")
+        self.ports = ServicePorts.for_vm(config.spec.vm_dir / SOCKET, self.network)
         self._wiring: threading.Thread | None = None
         self._wiring_error: BaseException | None = None
 
@@ -301,6 +303,8 @@ class Supervisor:
             return {"stopped": self._torn_down.wait(SHUTDOWN_WAIT_S)}
         if op == "vm.claim":
             return self._claim(params)
+        if op.startswith("ports."):
+            return self.ports.handle(op, params)
         if op == "net.allow":
             if self.network is None:
                 raise VmmError("this VM has no network device")
@@ -391,6 +395,7 @@ class Supervisor:
 
     def teardown(self, reason: str) -> None:
         """Kill the VMM, remove every file of the VM, and record the outcome."""
+        self.ports.close_all()  # published ports end with the VM, before anything else
         if self.listener is not None:
             self.listener.close()
         if self.vmm is not None and self.vmm.poll() is None:

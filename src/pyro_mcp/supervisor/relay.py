@@ -23,7 +23,10 @@ from pyro_mcp.protocol import frames
 log = logging.getLogger("pyro.supervisor")
 
 # Requests the supervisor answers itself instead of forwarding.
-LOCAL_OPS = ("hello", "vm.status", "vm.shutdown", "vm.claim", "net.allow")
+LOCAL_OPS = (
+    "hello", "vm.status", "vm.shutdown", "vm.claim", "net.allow",
+    "ports.publish", "ports.close", "ports.list",
+)  # fmt: skip
 
 
 class _Conn:
@@ -141,6 +144,9 @@ class Relay:
     def _local(self, conn: _Conn, rid: int, op: str, params: dict[str, Any]) -> None:
         try:
             result = self.local_handler(op, params)
+        except frames.OpError as exc:  # a refusal that says why: the client maps its code
+            conn.send(frames.error_header(rid, exc.code, str(exc)))
+            return
         except Exception as exc:  # a local op must never take the supervisor down
             conn.send(frames.error_header(rid, frames.ERR_INTERNAL, str(exc)))
             return

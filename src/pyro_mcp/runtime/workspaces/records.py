@@ -94,8 +94,13 @@ def command_view(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def workspace_view(row: Mapping[str, Any], last: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The contract's Workspace shape (plus stop_reason); no host paths in it."""
+def workspace_view(
+    row: Mapping[str, Any],
+    last: Mapping[str, Any] | None,
+    services: tuple[int, int] = (0, 0),
+) -> dict[str, Any]:
+    """The contract's Workspace shape (plus stop_reason); no host paths in it. `services` is
+    (service_count, running_service_count)."""
     return {
         "workspace_id": row["workspace_id"],
         "name": row["name"],
@@ -122,8 +127,8 @@ def workspace_view(row: Mapping[str, Any], last: Mapping[str, Any] | None) -> di
         "last_command": command_view(last),
         "reset_count": row["reset_count"],
         "last_reset_at": row["last_reset_at"],
-        "service_count": 0,
-        "running_service_count": 0,
+        "service_count": services[0],
+        "running_service_count": services[1],
         "metadata": {},
     }
 
@@ -134,7 +139,7 @@ _LIST_KEYS = (
 )  # fmt: skip
 
 
-def list_item(row: Mapping[str, Any]) -> dict[str, Any]:
+def list_item(row: Mapping[str, Any], services: tuple[int, int] = (0, 0)) -> dict[str, Any]:
     """The short form `list` shows: a subset of the Workspace shape."""
-    view = workspace_view(row, None)
+    view = workspace_view(row, None, services)
     return {key: view[key] for key in _LIST_KEYS}

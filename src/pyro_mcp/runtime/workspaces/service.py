@@ -32,6 +32,7 @@ from pyro_mcp.runtime.arguments import check_range
 from pyro_mcp.runtime.vm_views import vm_metadata
 from pyro_mcp.runtime.vms import VmService
 from pyro_mcp.runtime.workspaces import archives, diff, locks, records
+from pyro_mcp.state import services as service_rows
 from pyro_mcp.state import vms as vm_rows
 from pyro_mcp.state import workspaces as rows
 from pyro_mcp.vmm.disks import DEFAULT_DISK_MIB
@@ -110,6 +111,7 @@ class WorkspaceService:
         """Record a workspace as stopped for `reason`, unless someone changed it meanwhile."""
         rows.stop_unchanged(self.store, row, reason)
         self._end_vms(row["workspace_id"], "workspace_stopped")
+        service_rows.end_running(self.store, row["workspace_id"], "workspace_stopped", time.time())
 
     def _end_vms(self, workspace_id: str, reason: str) -> None:
         """End every VM serving the workspace: its current one, and any that a call killed
@@ -120,18 +122,17 @@ class WorkspaceService:
 
     def view(self, workspace_id: str) -> dict[str, Any]:
         row = self.row(workspace_id)
-        view = records.workspace_view(row, rows.last_command(self.store, workspace_id))
+        services = service_rows.counts_of(self.store, workspace_id)
+        view = records.workspace_view(row, rows.last_command(self.store, workspace_id), services)
         vm = self.store.get_vm(row["vm_id"]) if row["vm_id"] else None
         if vm is not None:
             view["metadata"] = vm_metadata(vm)
         return view
 
     def list(self) -> dict[str, Any]:
-        items = []
-        for row in rows.list_workspaces(self.store):
-            fresh = self._reconcile(row)
-            if fresh is not None:
-                items.append(records.list_item(fresh))
+        fresh = [f for row in rows.list_workspaces(self.store) if (f := self._reconcile(row))]
+        counts = service_rows.counts(self.store)  # after reconciling: a dead VM's are stopped
+        items = [records.list_item(f, counts.get(f["workspace_id"], (0, 0))) for f in fresh]
         items.sort(key=lambda item: item["last_activity_at"], reverse=True)
         return {"count": len(items), "workspaces": items}
 
@@ -376,6 +377,9 @@ class WorkspaceService:
                         state="stopped",
                         stop_reason="stopped: stop_workspace",
                     )
+                    service_rows.end_running(
+                        self.store, workspace_id, "workspace_stopped", time.time()
+                    )
         return self.view(workspace_id)
 
     def start(self, workspace_id: str, *, on_phase: Phase | None = None) -> dict[str, Any]:
@@ -400,6 +404,7 @@ class WorkspaceService:
         with self._changing(workspace_id, "resetting") as row:
             self._halt(row, "resetting", "reset: reset_workspace", sync=False)
             with self._use_exclusive(workspace_id):
+                service_rows.end_running(self.store, workspace_id, "workspace_reset", time.time())
                 done = self._boot_with_baseline(row, on_phase, first=False)
                 rows.count_reset(self.store, workspace_id, time.time())
         result = self.view(workspace_id)
@@ -433,6 +438,7 @@ class WorkspaceService:
     def _remove(self, workspace_id: str) -> None:
         """The record, the command history and the directory (disk, baseline, logs)."""
         rows.delete_workspace(self.store, workspace_id)
+        service_rows.delete_for_workspace(self.store, workspace_id)
         remove_tree(self.directory(workspace_id))
 
     def _expire(self, row: Mapping[str, Any], *, held: bool = False) -> None:
