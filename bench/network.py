@@ -59,28 +59,24 @@ import json
 import os
 import queue
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import common
 from vm_engine import summary
 from warm_start import timed
 
+from framework.fake_internet import ADDRESSES, FakeInternet
+from framework.net_vms import tables, uplinks
 from pyro_mcp import Pyro
-from pyro_mcp.network import netns
 from pyro_mcp.network.rules import HOST_TABLE
 from pyro_mcp.runtime import backends
 from pyro_mcp.state import network as slots
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from framework.fake_internet import ADDRESSES, FakeInternet, fake_internet
-from framework.net_vms import tables, uplinks
 
 SETTLE_S = 0.5  # a deleted VM's teardown (and the kernel freeing its namespace) still runs
 SINK_PORT, SOURCE_PORT, ECHO_PORT, WATCH_PORT = 5001, 5002, 5007, 5003
@@ -688,31 +684,15 @@ def dns_report(got: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_args() -> argparse.Namespace:
-    options = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    options.add_argument("--runs", type=int, default=7, help="repetitions of each timed path")
-    options.add_argument("--environment", default="debian:12")
-    options.add_argument("--cache-dir", help="PYRO_CACHE_DIR (default: the user's cache)")
-    options.add_argument("--mib", type=int, default=64, help="MiB sent and received")
-    options.add_argument("--connects", type=int, default=50)
-    return options.parse_args()
+    parser = common.options(__doc__, runs=7)
+    parser.add_argument("--mib", type=int, default=64, help="MiB sent and received")
+    parser.add_argument("--connects", type=int, default=50)
+    return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    if args.cache_dir:
-        os.environ["PYRO_CACHE_DIR"] = str(Path(args.cache_dir).resolve())
-    state = Path(tempfile.mkdtemp(prefix="pyro-bench-net-"))
-    os.environ["PYRO_STATE_DIR"] = str(state)
-    os.environ["PYRO_STANDBY"] = "0"
-    report: dict[str, Any] = {
-        "benchmark": "network",
-        "environment": args.environment,
-        "runs": args.runs,
-        "standby": "off (PYRO_STANDBY=0)",
-        "cpus": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-    try:
+    with common.private_run("network", args) as report:
         pyro = Pyro()
         installed = pyro.inspect_environment(args.environment)["installed"]
         if not installed:  # needs the real network: before the harness
@@ -722,20 +702,12 @@ def main() -> None:
         report["backend"] = backends.choose(
             pyro.environments.ensure(args.environment)
         ).execution_mode
-        with fake_internet() as net:
-            os.environ["PYRO_DNS_UPSTREAM"] = ADDRESSES.dns
-            target = os.open(net.host_ns_path(), os.O_RDONLY | os.O_CLOEXEC)
+        with common.inside_fake_internet() as net:
             try:
-                with netns.entered(target):
-                    try:
-                        report |= measure(pyro, net, args)
-                    finally:
-                        delete_everything(pyro)
-                        report["left_in_pyro_host_ns"] = leftovers(net, pyro)
+                report |= measure(pyro, net, args)
             finally:
-                os.close(target)
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+                delete_everything(pyro)
+                report["left_in_pyro_host_ns"] = leftovers(net, pyro)
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))
     if report["left_in_pyro_host_ns"]:

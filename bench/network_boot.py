@@ -8,21 +8,16 @@ boot waited for it after the guest answered (the wiring runs beside the restore)
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import statistics
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import common
 
-from framework.fake_internet import ADDRESSES, fake_internet
-from pyro_mcp.network import netns
 from pyro_mcp.sdk import Pyro
 
 
@@ -47,33 +42,21 @@ def stats(values: list[float]) -> dict[str, float] | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=8)
-    parser.add_argument("--cache-dir", default=None)
+    parser = common.options(__doc__, runs=8)
     args = parser.parse_args()
-    os.environ["PYRO_STANDBY"] = "0"
     samples: dict[str, list[dict[str, Any]]] = {"off": [], "egress": []}
-    with tempfile.TemporaryDirectory() as state, fake_internet() as net:
-        net.assert_routes_are_ours()
-        os.environ["PYRO_DNS_UPSTREAM"] = ADDRESSES.dns
-        target = os.open(net.host_ns_path(), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with netns.entered(target):
-                pyro = Pyro(cache_dir=args.cache_dir, state_dir=state)
-                for policy in ("off", "egress"):  # warm-up: snapshots made, not timed
-                    create_once(pyro, policy)
-                load_before = os.getloadavg()
-                for _ in range(args.runs):
-                    for policy in ("off", "egress"):
-                        samples[policy].append(create_once(pyro, policy))
-        finally:
-            os.close(target)
+    with common.private_run("network_boot", args) as report, common.inside_fake_internet():
+        pyro = Pyro()
+        for policy in ("off", "egress"):  # warm-up: snapshots made, not timed
+            create_once(pyro, policy)
+        for _ in range(args.runs):
+            for policy in ("off", "egress"):
+                samples[policy].append(create_once(pyro, policy))
     creates = {k: [s["create_ms"] for s in v] for k, v in samples.items()}
     egress = samples["egress"]
     print(json.dumps({
-        "benchmark": "network_boot",
-        "runs": args.runs,
-        "load_average": {"before": load_before, "after": os.getloadavg()},
+        **report,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "create": {k: stats(v) for k, v in creates.items()},
         "egress_minus_off_p50_ms": round(
             statistics.median(creates["egress"]) - statistics.median(creates["off"]), 1),

@@ -42,26 +42,22 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import common
 from vm_engine import summary
 
+from framework.fake_internet import FakeInternet
 from network import SERVER, BenchServer, fine, guest_client, rates, run_client
 from pyro_mcp import Pyro
-from pyro_mcp.network import netns
 from pyro_mcp.runtime import backends, launch
 from pyro_mcp.runtime.workspaces.services import WorkspaceServices
 from pyro_mcp.supervisor.ports import Forward
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from framework.fake_internet import ADDRESSES, FakeInternet, fake_internet
 
 SINK, SOURCE, ECHO = 5001, 5002, 5007
 LOCAL_SINK, LOCAL_SOURCE, LOCAL_ECHO = 6001, 6002, 6007
@@ -257,46 +253,23 @@ def measure(pyro: Pyro, net: FakeInternet, args: argparse.Namespace) -> dict[str
 
 
 def parse_args() -> argparse.Namespace:
-    options = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    options.add_argument("--runs", type=int, default=7, help="repetitions of each timed path")
-    options.add_argument("--environment", default="debian:12")
-    options.add_argument("--cache-dir", help="PYRO_CACHE_DIR (default: the user's cache)")
-    options.add_argument("--mib", type=int, default=32, help="MiB sent and received")
-    options.add_argument("--connects", type=int, default=50)
-    return options.parse_args()
+    parser = common.options(__doc__, runs=7)
+    parser.add_argument("--mib", type=int, default=32, help="MiB sent and received")
+    parser.add_argument("--connects", type=int, default=50)
+    return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    if args.cache_dir:
-        os.environ["PYRO_CACHE_DIR"] = str(Path(args.cache_dir).resolve())
-    state = Path(tempfile.mkdtemp(prefix="pyro-bench-svc-"))
-    os.environ["PYRO_STATE_DIR"] = str(state)
-    os.environ["PYRO_STANDBY"] = "0"
-    report: dict[str, Any] = {
-        "benchmark": "services",
-        "environment": args.environment,
-        "runs": args.runs,
-        "mib": args.mib,
-        "cpus": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-    try:
+    with common.private_run("services", args) as report:
+        report["mib"] = args.mib
         pyro = Pyro()
         pyro.environments.ensure(args.environment)  # a build needs the real network: first
         report["backend"] = backends.choose(
             pyro.environments.ensure(args.environment)
         ).execution_mode
-        with fake_internet() as net:
-            os.environ["PYRO_DNS_UPSTREAM"] = ADDRESSES.dns
-            target = os.open(net.host_ns_path(), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                with netns.entered(target):
-                    report |= measure(pyro, net, args)
-            finally:
-                os.close(target)
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
+        with common.inside_fake_internet() as net:
+            report |= measure(pyro, net, args)
     print(json.dumps(report, indent=2))
 
 

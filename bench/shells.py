@@ -28,14 +28,11 @@ import argparse
 import json
 import os
 import re
-import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+import common
 from vm_engine import summary
 
 from pyro_mcp import Pyro
@@ -134,49 +131,34 @@ def host_poll(client: GuestClient, shell_id: str, cursor: int) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    options = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    options.add_argument("--runs", type=int, default=20, help="rounds of every timed path")
-    options.add_argument("--environment", default="debian:12")
-    options.add_argument("--cache-dir", help="PYRO_CACHE_DIR (default: the user's cache)")
-    return options.parse_args()
+    return common.options(__doc__, runs=20).parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    if args.cache_dir:
-        os.environ["PYRO_CACHE_DIR"] = str(Path(args.cache_dir).resolve())
-    state = Path(tempfile.mkdtemp(prefix="pyro-bench-shells-"))
-    os.environ["PYRO_STATE_DIR"] = str(state)
-    os.environ["PYRO_STANDBY"] = "0"
-    report: dict[str, Any] = {
-        "benchmark": "shells",
-        "environment": args.environment,
-        "runs": args.runs,
-        "cpus": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
+    with common.private_run("shells", args) as report:
+        _measure(args, report)
+    print(json.dumps(report, indent=2))
+
+
+def _measure(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    pyro = Pyro()
+    pyro.environments.ensure(args.environment)
+    wid = pyro.create_workspace(environment=args.environment)["workspace_id"]
     try:
-        pyro = Pyro()
-        pyro.environments.ensure(args.environment)
-        wid = pyro.create_workspace(environment=args.environment)["workspace_id"]
-        try:
-            bench = Bench(pyro, wid)
-            report["execution_mode"] = pyro.status_workspace(wid)["execution_mode"]
-            with (
-                pyro.workspaces.using(wid, "bench") as (_, vm_dir),
-                launch.connect(vm_dir) as client,
-            ):
-                for n in range(args.runs):
-                    bench.runtime_round(n)
-                    bench.agent_round(client)
-            report["timings_ms"] = {k: summary(v) for k, v in bench.samples.items()}
-        finally:
-            pyro.delete_workspace(wid)
+        bench = Bench(pyro, wid)
+        report["execution_mode"] = pyro.status_workspace(wid)["execution_mode"]
+        with (
+            pyro.workspaces.using(wid, "bench") as (_, vm_dir),
+            launch.connect(vm_dir) as client,
+        ):
+            for n in range(args.runs):
+                bench.runtime_round(n)
+                bench.agent_round(client)
+        report["timings_ms"] = {k: summary(v) for k, v in bench.samples.items()}
     finally:
-        shutil.rmtree(state, ignore_errors=True)
+        pyro.delete_workspace(wid)
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    json.dump(report, sys.stdout, indent=2)
-    print()
 
 
 if __name__ == "__main__":
