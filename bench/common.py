@@ -16,7 +16,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from framework.fake_internet import ADDRESSES, FakeInternet, fake_internet
-from pyro_mcp.network import netns
+from framework.net_vms import inside
 
 
 def options(doc: str | None, runs: int) -> argparse.ArgumentParser:
@@ -55,11 +55,6 @@ def inside_fake_internet() -> Iterator[FakeInternet]:
     """This thread (and every VM it starts) in the fake internet's pyro-host namespace, its
     routes checked first, the guests' resolver the test DNS server."""
     with fake_internet() as net:
-        net.assert_routes_are_ours()
         os.environ["PYRO_DNS_UPSTREAM"] = ADDRESSES.dns
-        target = os.open(net.host_ns_path(), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with netns.entered(target):
-                yield net
-        finally:
-            os.close(target)
+        with inside(net):
+            yield net

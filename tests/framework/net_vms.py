@@ -11,6 +11,7 @@ forwarders ask is the fake internet's. Once a test has deleted its VMs,
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -46,19 +47,27 @@ def network_leftovers(net: FakeInternet, pyro: Pyro) -> list[str]:
     return found
 
 
+@contextlib.contextmanager
+def inside(net: FakeInternet) -> Iterator[None]:
+    """This thread, and every VM it starts, in the pyro-host namespace; its routes checked
+    first (the guests' resolver, PYRO_DNS_UPSTREAM, is the caller's to point at ADDRESSES.dns)."""
+    net.assert_routes_are_ours()
+    target = os.open(net.host_ns_path(), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with netns.entered(target):
+            yield
+    finally:
+        os.close(target)
+
+
 @pytest.fixture
 def net_pyro(
     vm_pyro: Pyro, fake_internet: FakeInternet, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Pyro]:
     """`vm_pyro`, running inside the fake internet's pyro-host namespace."""
-    fake_internet.assert_routes_are_ours()
     monkeypatch.setenv("PYRO_DNS_UPSTREAM", ADDRESSES.dns)
-    target = os.open(fake_internet.host_ns_path(), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        with netns.entered(target):
-            yield vm_pyro
-    finally:
-        os.close(target)
+    with inside(fake_internet):
+        yield vm_pyro
 
 
 def assert_no_network_leftovers(net: FakeInternet, pyro: Pyro) -> None:
