@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,14 @@ def _blockers(*, nft: bool) -> list[str]:
     if nft and NFT is None:
         reasons.append(f"`nft` is missing ({tools.NFT.install_hint})")
     return reasons
+
+
+def run_python(script: str) -> subprocess.CompletedProcess[str]:
+    """`script` in a fresh interpreter that sees this test's imports (and may drop root)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False
+    )
 
 
 def needs_namespaces(*, nft: bool = False) -> pytest.MarkDecorator:

@@ -4,9 +4,6 @@ namespace it runs in keeps its ruleset, links and forwarding; each problem names
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ from framework.sandbox_netns import (
     links_here,
     needs_namespaces,
     ruleset_here,
+    run_python,
     set_forwarding_here,
 )
 from pyro_mcp.host import tools
@@ -99,10 +97,7 @@ def test_without_root_the_check_says_guest_networking_needs_root() -> None:
         "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
         "print(json.dumps(check.check()))\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False
-    )
+    done = run_python(script)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["ok"] is False

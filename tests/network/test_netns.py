@@ -22,6 +22,7 @@ from framework.sandbox_netns import (
     links_here,
     namespace_id,
     needs_namespaces,
+    run_python,
 )
 from framework.waiting import WAIT, wait_until
 from pyro_mcp.network import netns
@@ -230,10 +231,7 @@ def test_creating_a_namespace_without_privilege_names_the_fix() -> None:
         "    sys.exit(0)\n"
         "sys.exit('created a namespace without privilege')\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False
-    )
+    done = run_python(script)
     assert done.returncode == 0, done.stderr
     message, hint = done.stdout.splitlines()
     assert message.startswith("cannot create a network namespace: ")
