@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,28 @@ if TYPE_CHECKING:
     from pyro_mcp.runtime.workspaces.commands import WorkspaceCommands
     from pyro_mcp.runtime.workspaces.files import WorkspaceFiles
     from pyro_mcp.runtime.workspaces.service import WorkspaceService
+
+
+def _redacted[**P, R](method: Callable[P, R]) -> Callable[P, R]:
+    """A workspace call (`self, workspace_id, ...`) whose result and errors leave with the
+    workspace's secrets redacted: every face goes through here, so none can show one."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        from pyro_mcp.runtime.workspaces import secrets
+
+        pyro = args[0]
+        assert isinstance(pyro, Pyro)
+        workspace_id = args[1] if len(args) > 1 else kwargs.get("workspace_id")
+        redactor = pyro.workspaces.redactor(workspace_id)
+        try:
+            result = method(*args, **kwargs)
+        except Exception as exc:
+            secrets.redact_error(exc, redactor)
+            raise
+        return secrets.redact_tree(result, redactor)
+
+    return call
 
 
 class Pyro:
@@ -172,10 +195,12 @@ class Pyro:
         """Every workspace, most recently active first (expired ones are deleted on the way)."""
         return self.workspaces.list()
 
+    @_redacted
     def status_workspace(self, workspace_id: str) -> dict[str, Any]:
         """The workspace's record, reconciled with its VM (a dead VM shows `stopped`, why)."""
         return self.workspaces.view(workspace_id)
 
+    @_redacted
     def update_workspace(
         self,
         workspace_id: str,
@@ -199,20 +224,24 @@ class Pyro:
             clear_allow_hosts=clear_allow_hosts,
         )
 
+    @_redacted
     def stop_workspace(self, workspace_id: str) -> dict[str, Any]:
         """Stop the workspace's VM; its disk stays for start_workspace."""
         return self.workspaces.stop(workspace_id)
 
+    @_redacted
     def start_workspace(
         self, workspace_id: str, *, on_phase: Callable[[str], None] | None = None
     ) -> dict[str, Any]:
         """Boot a stopped workspace on its own disk."""
         return self.workspaces.start(workspace_id, on_phase=on_phase)
 
+    @_redacted
     def delete_workspace(self, workspace_id: str) -> dict[str, Any]:
         """Stop the workspace and remove its disk, baseline and command logs."""
         return self.workspaces.delete(workspace_id)
 
+    @_redacted
     def reset_workspace(
         self,
         workspace_id: str,
@@ -223,6 +252,7 @@ class Pyro:
         """A fresh VM with /workspace back at the baseline; the command history stays."""
         return self.workspaces.reset(workspace_id, snapshot=snapshot, on_phase=on_phase)
 
+    @_redacted
     def exec_workspace(
         self,
         workspace_id: str,
@@ -243,6 +273,7 @@ class Pyro:
 
     # --- shells --------------------------------------------------------------------------
 
+    @_redacted
     def open_shell(
         self,
         workspace_id: str,
@@ -258,6 +289,7 @@ class Pyro:
             workspace_id, cwd=cwd, cols=cols, rows=rows, secret_env=secret_env
         )
 
+    @_redacted
     def read_shell(
         self,
         workspace_id: str,
@@ -275,6 +307,7 @@ class Pyro:
             wait_for_idle_ms=wait_for_idle_ms,
         )  # fmt: skip
 
+    @_redacted
     def write_shell(
         self, workspace_id: str, shell_id: str, *, input: str, append_newline: bool = True
     ) -> dict[str, Any]:
@@ -283,24 +316,28 @@ class Pyro:
             workspace_id, shell_id, input=input, append_newline=append_newline
         )
 
+    @_redacted
     def signal_shell(
         self, workspace_id: str, shell_id: str, *, signal_name: str = "INT"
     ) -> dict[str, Any]:
         """Send HUP, INT, TERM or KILL to the shell's foreground job, as a terminal would."""
         return self.manager.shells.signal(workspace_id, shell_id, signal_name=signal_name)
 
+    @_redacted
     def resize_shell(
         self, workspace_id: str, shell_id: str, *, cols: int, rows: int
     ) -> dict[str, Any]:
         """Change the shell's window size (programs see SIGWINCH)."""
         return self.manager.shells.resize(workspace_id, shell_id, cols=cols, rows=rows)
 
+    @_redacted
     def close_shell(self, workspace_id: str, shell_id: str) -> dict[str, Any]:
         """End the shell and every process it started."""
         return self.manager.shells.close(workspace_id, shell_id)
 
     # --- services ------------------------------------------------------------------------
 
+    @_redacted
     def start_service(
         self,
         workspace_id: str,
@@ -316,24 +353,23 @@ class Pyro:
     ) -> dict[str, Any]:
         """Start a long-running process; returns once its readiness check passes (or it failed:
         exited first, or timed out and was killed). Published ports live as long as it runs."""
-        if secret_env:
-            raise InvalidArgumentError(
-                "secret_env needs workspace secrets, which are not available in this version"
-            )
         return self.manager.services.start(
             workspace_id, service_name, command=command, cwd=cwd, readiness=readiness,
             ready_timeout_seconds=ready_timeout_seconds, ready_interval_ms=ready_interval_ms,
-            published_ports=published_ports,
+            secret_env=secret_env, published_ports=published_ports,
         )  # fmt: skip
 
+    @_redacted
     def list_services(self, workspace_id: str) -> dict[str, Any]:
         """Every service of the workspace, running or ended, with its state."""
         return self.manager.services.list(workspace_id)
 
+    @_redacted
     def status_service(self, workspace_id: str, service_name: str) -> dict[str, Any]:
         """A service's state (an exit is seen here without anything polling in between)."""
         return self.manager.services.status(workspace_id, service_name)
 
+    @_redacted
     def logs_service(
         self, workspace_id: str, service_name: str, *, tail_lines: int = 200, all: bool = False
     ) -> dict[str, Any]:
@@ -342,46 +378,55 @@ class Pyro:
             workspace_id, service_name, tail_lines=tail_lines, all=all
         )
 
+    @_redacted
     def stop_service(self, workspace_id: str, service_name: str) -> dict[str, Any]:
         """TERM the service's process group, KILL it after a grace; its ports close."""
         return self.manager.services.stop(workspace_id, service_name)
 
+    @_redacted
     def logs_workspace(self, workspace_id: str) -> dict[str, Any]:
         """Every command run in the workspace with the tail of its output, oldest first."""
         return self._commands.logs(workspace_id)
 
+    @_redacted
     def push_workspace_sync(
         self, workspace_id: str, source_path: str | Path, *, dest: str = "/workspace"
     ) -> dict[str, Any]:
         """Unpack a host directory or archive over `dest` inside /workspace."""
         return self._files.push(workspace_id, str(source_path), dest=dest)
 
+    @_redacted
     def export_workspace(
         self, workspace_id: str, path: str, *, output_path: str | Path
     ) -> dict[str, Any]:
         """Copy a file or directory of /workspace to a host path that must not exist yet."""
         return self._files.export(workspace_id, path, output_path=str(output_path))
 
+    @_redacted
     def diff_workspace(self, workspace_id: str) -> dict[str, Any]:
         """What changed in /workspace since the baseline: a summary and a git-style patch."""
         return self._files.diff(workspace_id)
 
+    @_redacted
     def list_workspace_files(
         self, workspace_id: str, *, path: str = "/workspace", recursive: bool = False
     ) -> dict[str, Any]:
         """A directory's entries (every entry below it with recursive)."""
         return self._files.list(workspace_id, path=path, recursive=recursive)
 
+    @_redacted
     def read_workspace_file(
         self, workspace_id: str, path: str, *, max_bytes: int = 65536
     ) -> dict[str, Any]:
         """The first max_bytes (at most 1 MiB) of a file; a bigger file is `truncated`."""
         return self._files.read(workspace_id, path, max_bytes=max_bytes)
 
+    @_redacted
     def write_workspace_file(self, workspace_id: str, path: str, *, text: str) -> dict[str, Any]:
         """Create or replace a text file (at most 1 MiB) atomically."""
         return self._files.write(workspace_id, path, text=text)
 
+    @_redacted
     def apply_workspace_patch(self, workspace_id: str, *, patch: str) -> dict[str, Any]:
         """Apply a unified diff; every hunk is checked first and a failing patch changes nothing."""
         return self._files.apply_patch(workspace_id, patch=patch)

@@ -80,7 +80,7 @@ def test_agent_serves_every_op(workdir: Path, python: str | None) -> None:
             *("shell.open", "shell.read", "shell.write", "shell.signal", "shell.resize"),
             *("shell.close", "shell.list"),
             *("service.start", "service.list", "service.status", "service.logs"),
-            *("service.stop", "service.wait"),
+            *("service.stop", "service.wait", "secrets.put"),
         }
         pong = conn.call(2, "ping", {})["result"]
         assert pong["pong"] is True and isinstance(pong["time"], float)

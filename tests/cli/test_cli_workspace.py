@@ -132,6 +132,7 @@ def test_create_defaults(fake: FakeSdk, run: Runner) -> None:
             "seed_path": None,
             "name": None,
             "labels": None,
+            "secrets": None,
             "allow_hosts": None,
         },
     )
@@ -177,6 +178,7 @@ def test_create_maps_every_option(fake: FakeSdk, run: Runner, before: bool) -> N
         "seed_path": "./seed",
         "name": "my ws",
         "labels": {"a": "2", "b": "x=y"},
+        "secrets": None,
         "allow_hosts": ["api.example.com", "203.0.113.0/24"],
     }
 
@@ -350,6 +352,44 @@ def test_exec_streams_output_then_the_trailer(fake: FakeSdk, run: Runner, argv: 
         f"[workspace-exec] workspace_id={WID} sequence=3 cwd=/workspace "
         "execution_mode=guest_vsock exit_code=0 duration_ms=15\n"
     )
+
+
+def test_create_secrets_from_flags(fake: FakeSdk, run: Runner) -> None:
+    code, _, _ = run(
+        "create", "debian:12", "--secret", "A=x=y", "--secret-file", "B=/k/b.key",
+        "--secret", "C=",
+    )  # fmt: skip
+    assert code == 0
+    assert fake.call[2]["secrets"] == [
+        {"name": "A", "value": "x=y"},
+        {"name": "C", "value": ""},
+        {"name": "B", "file_path": "/k/b.key"},
+    ]
+
+
+def test_a_malformed_secret_flag_never_echoes_its_value(fake: FakeSdk, run: Runner) -> None:
+    code, out, err = run("create", "debian:12", "--secret", "hunter2-value")
+    assert (code, out, fake.calls) == (1, "", [])
+    assert "--secret expects NAME=VALUE" in err and "hunter2" not in err
+    code, _, err = run("create", "debian:12", "--secret-file", "/k/b.key")
+    assert code == 1 and "--secret-file expects NAME=FILE_PATH, got '/k/b.key'" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "mapping"),
+    [
+        (["--secret-env", "API_TOKEN"], {"API_TOKEN": "API_TOKEN"}),
+        (["--secret-env", "A=TOKEN", "--secret-env", "B"], {"A": "TOKEN", "B": "B"}),
+    ],
+)
+def test_exec_secret_env(
+    fake: FakeSdk, run: Runner, flags: list[str], mapping: dict[str, str]
+) -> None:
+    assert run("exec", WID, *flags, "--", "true")[0] == 0
+    assert run("exec", WID, "--", "true")[0] == 0
+    assert [call[2]["secret_env"] for call in fake.calls] == [mapping, None]
+    code, _, err = run("exec", WID, "--secret-env", "A=1X", "--", "true")
+    assert code == 1 and "must match" in err
 
 
 def test_exec_one_spaced_word_is_a_shell_line(fake: FakeSdk, run: Runner) -> None:

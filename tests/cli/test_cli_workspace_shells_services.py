@@ -80,7 +80,17 @@ def test_service_start_options_anywhere_before_the_command(
     assert kwargs["command"] == ["python3", "-m", "http.server", "80"]
     assert kwargs["readiness"] == {"type": "file", "path": ".ready"}
     assert kwargs["published_ports"] == [{"guest_port": 80, "host_port": 8080}]
+    assert kwargs["secret_env"] is None
     assert err.startswith("[workspace-service-start] ") and "127.0.0.1:8080->80/tcp" in err
+
+
+def test_shell_and_service_take_secret_env(
+    fake: Recorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "shell", "open", WID, "--secret-env", "TOKEN=GH_TOKEN")[0] == 0
+    code, _, _ = run(capsys, "service", "start", WID, "web", "--secret-env", "DB", "--", "x")
+    assert code == 0
+    assert [call[2]["secret_env"] for call in fake.calls] == [{"TOKEN": "GH_TOKEN"}, {"DB": "DB"}]
 
 
 def test_two_readiness_options_and_a_bad_publish_are_refused(

@@ -98,6 +98,7 @@ def test_guest_files_hold_init_and_agent() -> None:
         "archives",
         "commands",
         "files",
+        "guest_secrets",
         "patches",
         "server",
         "sessions",
@@ -105,7 +106,7 @@ def test_guest_files_hold_init_and_agent() -> None:
         *("readiness", "service_logs", "service_process", "services"),
         *("pty_shell", "shell_output", "shells"),
     ]
-    protocol = ("__init__", "file_ops", "frames", "ops", "service_ops", "shell_ops")
+    protocol = ("__init__", "file_ops", "frames", "ops", "redaction", "service_ops", "shell_ops")
     assert set(files) == {
         "init",
         *(f"pyro/lib/pyro_mcp/agent/{name}.py" for name in agent),

@@ -63,6 +63,35 @@ def test_only_the_full_profile_offers_the_network_knobs() -> None:
     assert {"allow_hosts", "clear_allow_hosts"} <= set(update)
 
 
+def test_only_the_full_profile_offers_secrets() -> None:
+    core, full = tools_of("workspace-core"), tools_of("workspace-full")
+    for tool, knob in (("workspace_create", "secrets"), ("workspace_exec", "secret_env")):
+        assert knob not in core[tool].input_schema["properties"], tool
+        assert knob in full[tool].input_schema["properties"], tool
+    for tool in ("shell_open", "service_start"):
+        assert "secret_env" in full[tool].input_schema["properties"], tool
+
+
+def test_a_secret_file_must_lie_inside_the_roots(tmp_path: Path) -> None:
+    from pyro_mcp.mcp.tools import PyroTools
+
+    inside = tmp_path / "root" / "key"
+    inside.parent.mkdir()
+    inside.write_text("v")
+    (tmp_path / "root" / "out").symlink_to("/etc/hostname")
+    tools = PyroTools(Pyro(), Roots([tmp_path / "root"]))
+    for path in ("/etc/hostname", str(tmp_path / "root" / "out"), "../key"):
+        with pytest.raises(Exception, match="outside the host paths"):
+            tools._secret_files([{"name": "K", "file_path": path}])
+    checked = tools._secret_files(
+        [{"name": "A", "value": "x"}, {"name": "K", "file_path": str(inside)}]
+    )
+    assert checked == [{"name": "A", "value": "x"}, {"name": "K", "file_path": str(inside)}]
+    create = tools.table()["workspace_create"][0]
+    with pytest.raises(Exception, match="outside the host paths"):
+        create(environment="debian:12", secrets=[{"name": "K", "file_path": "/etc/passwd"}])
+
+
 def test_an_unknown_profile_is_refused() -> None:
     with pytest.raises(InvalidArgumentError, match="workspace-core"):
         create_server(Pyro(), profile="everything")
@@ -152,7 +181,7 @@ def test_profiles_are_nested() -> None:
 def test_service_start_takes_3_11s_ready_options_and_refuses_two() -> None:
     start = tools_of("workspace-full")["service_start"].input_schema["properties"]
     assert {"ready_file", "ready_tcp", "ready_http", "ready_command"} <= set(start)
-    assert "readiness" not in start and "secret_env" not in start
+    assert "readiness" not in start and "secret_env" in start
     server = create_server(Pyro(), profile="workspace-full")
     arguments = {"workspace_id": "0123456789ab", "service_name": "web", "command": "true",
                  "ready_file": "r", "ready_tcp": "127.0.0.1:80"}  # fmt: skip

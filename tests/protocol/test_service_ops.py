@@ -106,7 +106,9 @@ def test_bad_readiness_checks(readiness: Any, match: str) -> None:
         ({"name": "a", "command": "x", "ready_timeout": True}, "ready_timeout"),
         ({"name": "a", "command": "x", "ready_interval_ms": 0}, "ready_interval_ms"),
         ({"name": "a", "command": "x", "ready_interval_ms": 1.5}, "ready_interval_ms"),
-        ({"name": "a", "command": "x", "secret_env": {}}, "unknown parameter"),
+        ({"name": "a", "command": "x", "secrets": {}}, "unknown parameter"),
+        ({"name": "a", "command": "x", "secret_env": {"bad-name": "X"}}, "must match"),
+        ({"name": "a", "command": "x", "secret_env": ["A"]}, "secret_env must be an object"),
     ],
 )
 def test_bad_starts(params: dict[str, Any], match: str) -> None:

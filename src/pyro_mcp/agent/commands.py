@@ -8,6 +8,7 @@ left alive. stdlib-only and Python 3.11 compatible (see server.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import selectors
@@ -19,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from pyro_mcp.agent import sessions
 from pyro_mcp.protocol import frames, ops
+from pyro_mcp.protocol.redaction import Redactor
 
 if TYPE_CHECKING:  # only for annotations: server.py imports this module
+    from pyro_mcp.agent.guest_secrets import SecretStore
     from pyro_mcp.agent.server import Call
 
 Params = dict[str, Any]
@@ -38,20 +41,35 @@ _KILL_GRACE = 5.0
 _SETTLE_POLL = 0.01
 
 
-def exec_op(call: Call, params: Params) -> Params:
-    """The exec operation: validate, check the working directory, run."""
+def exec_op(call: Call, params: Params, store: SecretStore | None = None) -> Params:
+    """The exec operation: validate, check the working directory, run. With a store, the
+    call's secret_env is mapped from it and the output is redacted with its secrets."""
     spec = ops.parse_exec(params)
+    if spec.secret_env:
+        if store is None:
+            raise ops.ParamError("this agent keeps no secrets")
+        spec = dataclasses.replace(spec, env={**spec.env, **store.env_for(spec.secret_env)})
     if not os.path.isdir(spec.cwd):
         message = f"working directory {spec.cwd} does not exist in the guest"
         raise frames.OpError(frames.ERR_NOT_FOUND, message)
-    return run_exec(spec, call)
+    return run_exec(spec, call, store)
 
 
 class _Capture:
-    """One output pipe: keeps (or streams) its first `limit` bytes, discards the rest."""
+    """One output pipe: keeps (or streams) the first `limit` bytes of its redacted output,
+    discards the rest. Redaction comes first, so no cut can split an occurrence in two."""
 
-    def __init__(self, name: str, fd: int, limit: int, sink: Callable[[str, bytes], None] | None):
+    def __init__(
+        self,
+        name: str,
+        fd: int,
+        limit: int,
+        sink: Callable[[str, bytes], None] | None,
+        redactor: Redactor | None = None,
+    ):
         self.name, self.fd, self.limit, self.sink = name, fd, limit, sink
+        # One stream each: a redactor holds the stream's undecided tail.
+        self.redactor = redactor.clone() if redactor is not None and redactor.active else None
         self.data = bytearray()
         self.kept = 0
         self.truncated = self.eof = False
@@ -63,6 +81,16 @@ class _Capture:
             chunk = b""
         if not chunk:
             self.eof = True
+            if self.redactor is not None:
+                self._keep(self.redactor.flush())
+            return
+        if self.kept >= self.limit:  # all of it is discarded: no need to redact it first
+            self.truncated = True
+            return
+        self._keep(chunk if self.redactor is None else self.redactor.feed(chunk))
+
+    def _keep(self, chunk: bytes) -> None:
+        if not chunk:
             return
         keep = chunk[: max(0, self.limit - self.kept)]
         self.truncated = self.truncated or len(keep) < len(chunk)
@@ -80,6 +108,12 @@ class _Capture:
             if self.eof:
                 return
             self.read()
+
+    def finish(self) -> None:
+        """The pipe is done with (maybe without reaching its end): release what the
+        redactor holds back."""
+        if self.redactor is not None:
+            self._keep(self.redactor.flush())
 
 
 def _kill_group(pid: int) -> None:
@@ -226,7 +260,7 @@ def _spawn_failure(spec: ops.ExecSpec, exc: OSError, call: Call, started: float)
     return _exec_result(code, [(0, False), (len(message), False)], started)
 
 
-def run_exec(spec: ops.ExecSpec, call: Call) -> Params:
+def run_exec(spec: ops.ExecSpec, call: Call, store: SecretStore | None = None) -> Params:
     """Run one command until it exits, times out or is cancelled; describe the outcome."""
     started = time.monotonic()
     try:
@@ -243,8 +277,9 @@ def run_exec(spec: ops.ExecSpec, call: Call) -> Params:
         return _spawn_failure(spec, exc, call, started)
     assert proc.stdout is not None and proc.stderr is not None
     sink = call.send_output if spec.stream else None
+    redactor = store.redactor() if store is not None else None
     pipes = zip(frames.STREAMS, (proc.stdout, proc.stderr), strict=True)
-    caps = [_Capture(name, pipe.fileno(), spec.max_output, sink) for name, pipe in pipes]
+    caps = [_Capture(name, pipe.fileno(), spec.max_output, sink, redactor) for name, pipe in pipes]
     watch = _Supervisor(proc, caps, call)
     try:
         watch.run(spec.timeout)
@@ -253,6 +288,8 @@ def run_exec(spec: ops.ExecSpec, call: Call) -> Params:
         proc.stderr.close()
         if proc.poll() is None:
             _kill_group(proc.pid)
+    for cap in caps:
+        cap.finish()
     for cap in caps:
         for start in range(0, len(cap.data), _SEND_CHUNK):
             call.send_output(cap.name, bytes(cap.data[start : start + _SEND_CHUNK]))

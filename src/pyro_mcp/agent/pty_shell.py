@@ -32,6 +32,7 @@ from pyro_mcp.agent import sessions
 from pyro_mcp.agent.shell_output import OutputRing
 from pyro_mcp.protocol import frames, ops
 from pyro_mcp.protocol import shell_ops as so
+from pyro_mcp.protocol.redaction import Redactor
 
 if TYPE_CHECKING:  # only for annotations: server.py imports this module
     from pyro_mcp.agent.server import Call
@@ -89,7 +90,16 @@ def _poke(fd: int) -> None:
 class Shell:
     """One shell: its process, the master end of its PTY, and its output."""
 
-    def __init__(self, shell_id: str, cwd: str, cols: int, rows: int, real_cwd: str) -> None:
+    def __init__(
+        self,
+        shell_id: str,
+        cwd: str,
+        cols: int,
+        rows: int,
+        real_cwd: str,
+        env: dict[str, str] | None = None,
+        redactor: Redactor | None = None,
+    ) -> None:
         self.shell_id, self.cwd, self.cols, self.rows = shell_id, cwd, cols, rows
         self.started_at = time.time()
         self.ended_at: float | None = None
@@ -99,10 +109,13 @@ class Shell:
         self.last_output = time.monotonic()
         self.closing = False
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        # Secrets leave the PTY's bytes before they are decoded into the ring; the redactor
+        # holds back only what may begin a secret the next bytes could complete.
+        self._redactor = redactor if redactor is not None and redactor.active else None
         self._io = threading.Lock()  # the master fd: writes, ioctls, closing it
         self._wake_r, self._wake_w = os.pipe()
         try:
-            self._master, self.proc = _spawn(real_cwd, cols, rows)
+            self._master, self.proc = _spawn(real_cwd, cols, rows, {**ENV, **(env or {})})
         except BaseException:
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -161,7 +174,10 @@ class Shell:
             return True
         except OSError:
             data = b""
-        text = self._decoder.decode(data, final=not data)
+        clean = data
+        if self._redactor is not None:
+            clean = self._redactor.feed(data) if data else self._redactor.flush()
+        text = self._decoder.decode(clean, final=not data)
         with self.cond:
             self.ring.append(text)
             if text:
@@ -320,7 +336,9 @@ def _open_pidfd(pid: int) -> int | None:
         return None
 
 
-def _spawn(real_cwd: str, cols: int, rows: int) -> tuple[int, subprocess.Popen[bytes]]:
+def _spawn(
+    real_cwd: str, cols: int, rows: int, env: dict[str, str]
+) -> tuple[int, subprocess.Popen[bytes]]:
     """A PTY of cols x rows and a shell leading a new session on it, in real_cwd."""
     master, slave = os.openpty()
     try:
@@ -331,7 +349,7 @@ def _spawn(real_cwd: str, cols: int, rows: int) -> tuple[int, subprocess.Popen[b
             stdout=slave,
             stderr=slave,
             cwd=real_cwd,
-            env=ENV,
+            env=env,
             start_new_session=True,
         )
     except BaseException:

@@ -7,7 +7,8 @@ command line, or ``--unix PATH`` for tests on the host.
 
 This module is the transport, the sessions and the dispatch; the operations live in
 commands.py (exec), files.py (file.*, tree.manifest), archives.py (tar.*),
-patches.py (patch.apply), shells.py (shell.*) and system.py (configure, power).
+patches.py (patch.apply), shells.py (shell.*), services.py (service.*), guest_secrets.py
+(secrets.put, secret_env, redaction) and system.py (configure, power).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pyro_mcp.agent import archives, commands, files, patches, services, shells
+from pyro_mcp.agent import archives, commands, files, guest_secrets, patches, services, shells
 from pyro_mcp.agent.system import REBOOT_CMDS, AgentConfig, configure
 from pyro_mcp.protocol import frames, ops
 
@@ -298,10 +299,11 @@ class Agent:
     def __init__(self, config: AgentConfig | None = None) -> None:
         self.config = config or AgentConfig()
         tree = files.Tree(self.config.workspace_root)
-        self.shells = shells.Shells(tree)
+        self.secrets = guest_secrets.SecretStore(guest_secrets.secrets_dir(self.config))
+        self.shells = shells.Shells(tree, secrets=self.secrets)
         self.ops: dict[str, Callable[[Call, Params], Params]] = {
             "ping": self._ping,
-            "exec": commands.exec_op,
+            "exec": lambda call, params: commands.exec_op(call, params, self.secrets),
             "configure": lambda call, params: configure(self.config, params),
             "sync": self._sync,
             "shutdown": self._shutdown,
@@ -309,10 +311,13 @@ class Agent:
             **archives.operations(tree),
             "patch.apply": lambda call, params: patches.apply_patch(tree, call, params),
             **self.shells.operations(),
-            **services.operations(self.config),
+            **services.operations(self.config, self.secrets),
+            **self.secrets.operations(),
         }
         # Operations that read the request's input (``in`` frames); see frames.py.
-        self.input_ops = frozenset({"file.write", "tar.extract", "tree.manifest", "patch.apply"})
+        self.input_ops = frozenset(
+            {"file.write", "tar.extract", "tree.manifest", "patch.apply", "secrets.put"}
+        )
         self._lock = threading.Lock()
         self._sessions: set[Session] = set()
 

@@ -13,6 +13,8 @@ import logging
 import os
 import threading
 
+from pyro_mcp.protocol.redaction import Redactor
+
 LOG_FILE_BYTES = 2 * 1024 * 1024
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
 log = logging.getLogger("pyro-agent")
@@ -21,8 +23,12 @@ log = logging.getLogger("pyro-agent")
 class Log:
     """One stream's log file, written by the service's watcher and read by logs requests."""
 
-    def __init__(self, path: str, limit: int = LOG_FILE_BYTES) -> None:
+    def __init__(
+        self, path: str, limit: int = LOG_FILE_BYTES, redactor: Redactor | None = None
+    ) -> None:
         self.path, self.limit = path, limit
+        # Secrets are redacted before anything is written: the files never hold one.
+        self.redactor = redactor if redactor is not None and redactor.active else None
         self._lock = threading.Lock()
         self._size = 0
         self._dropped = 0  # bytes in generations rotated away
@@ -34,6 +40,12 @@ class Log:
         with self._lock:
             if self._fd < 0:
                 return
+            if self.redactor is not None:
+                data = self.redactor.feed(data)
+            self._append(data)
+
+    def _append(self, data: bytes) -> None:
+        if data:
             try:
                 if self._size and self._size + len(data) > self.limit:
                     self._rotate()
@@ -57,6 +69,8 @@ class Log:
 
     def close(self) -> None:
         with self._lock:
+            if self._fd >= 0 and self.redactor is not None:
+                self._append(self.redactor.flush())
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1

@@ -25,6 +25,7 @@ from pyro_mcp.agent.commands import _exit_code, _has_exited, _open_pidfd
 from pyro_mcp.agent.service_logs import Log
 from pyro_mcp.protocol import file_ops, frames
 from pyro_mcp.protocol import service_ops as sp
+from pyro_mcp.protocol.redaction import Redactor
 
 if TYPE_CHECKING:  # only for annotations: server.py imports this module
     from pyro_mcp.agent.server import Call
@@ -43,7 +44,12 @@ _NO_PIDFD_POLL = 0.05
 class Service:
     """One run of a named service: its process, logs and outcome (guarded by `cond`)."""
 
-    def __init__(self, spec: sp.StartSpec, directory: str) -> None:
+    def __init__(
+        self,
+        spec: sp.StartSpec,
+        directory: str,
+        redactor: Callable[[], Redactor | None] = lambda: None,
+    ) -> None:
         self.spec, self.directory = spec, directory
         self.run_id = os.urandom(8).hex()
         self.cond = threading.Condition()
@@ -56,7 +62,10 @@ class Service:
         self.stop_reason: str | None = None
         self.ending: str | None = None  # why we are killing it: a stop, a timeout, a cancel
         self.ended = self._reaped = False
-        self.logs = {name: Log(os.path.join(directory, f"{name}.log")) for name in frames.STREAMS}
+        self.logs = {
+            name: Log(os.path.join(directory, f"{name}.log"), redactor=redactor())
+            for name in frames.STREAMS
+        }
 
     # --- running ----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ run and its logs are replaced. An agent that starts finds what an earlier run of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import threading
@@ -26,6 +27,7 @@ from pyro_mcp.protocol import file_ops, frames, ops
 from pyro_mcp.protocol import service_ops as sp
 
 if TYPE_CHECKING:  # only for annotations: server.py imports this module
+    from pyro_mcp.agent.guest_secrets import SecretStore
     from pyro_mcp.agent.server import Call
     from pyro_mcp.agent.system import AgentConfig
 
@@ -34,9 +36,12 @@ Params = dict[str, Any]
 RUN_DIR = "/run/pyro-services"
 
 
-def operations(config: AgentConfig) -> dict[str, Callable[[Call, Params], Params]]:
-    """The service operations, by op name; services live under the config's run directory."""
-    registry = Registry(config.workspace_root, run_dir(config))
+def operations(
+    config: AgentConfig, store: SecretStore | None = None
+) -> dict[str, Callable[[Call, Params], Params]]:
+    """The service operations, by op name; services live under the config's run directory.
+    With a store, secret_env maps its secrets and the logs are redacted with them."""
+    registry = Registry(config.workspace_root, run_dir(config), store)
     return {
         "service.start": registry.start,
         "service.list": registry.list,
@@ -61,8 +66,10 @@ def _invalid(message: str) -> frames.OpError:
 class Registry:
     """Every service of this agent, by name (at most sp.MAX_SERVICES, ended ones included)."""
 
-    def __init__(self, workspace_root: str, directory: str) -> None:
-        self.tree, self.directory = Tree(workspace_root), directory
+    def __init__(
+        self, workspace_root: str, directory: str, store: SecretStore | None = None
+    ) -> None:
+        self.tree, self.directory, self.store = Tree(workspace_root), directory, store
         self._lock = threading.Lock()
         self._services: dict[str, Service] = {}
         _sweep(directory)
@@ -96,7 +103,8 @@ class Registry:
             directory = os.path.join(self.directory, spec.name)
             shutil.rmtree(directory, ignore_errors=True)
             os.makedirs(directory, mode=0o700)
-            service = Service(spec, directory)
+            store = self.store
+            service = Service(spec, directory, store.redactor if store is not None else _none)
             self._services[spec.name] = service
         return service
 
@@ -115,6 +123,12 @@ class Registry:
 
     def start(self, call: Call, params: Params) -> Params:
         spec = self._parse(sp.parse_start, params)
+        if spec.secret_env:
+            store = self.store
+            if store is None:
+                raise _invalid("this agent keeps no secrets")
+            mapped = self._parse(lambda p: store.env_for(spec.secret_env), params)
+            spec = dataclasses.replace(spec, env={**spec.env, **mapped})
         cwd = self._cwd(spec.cwd)
         service = self._claim(spec)
         service.launch(cwd)
@@ -170,6 +184,10 @@ class Registry:
             return parse(params)
         except ops.ParamError as exc:
             raise _invalid(str(exc)) from None
+
+
+def _none() -> None:
+    return None
 
 
 def _sweep(directory: str) -> None:

@@ -20,6 +20,7 @@ from pyro_mcp.protocol import frames, ops
 from pyro_mcp.protocol import shell_ops as so
 
 if TYPE_CHECKING:  # only for annotations: server.py imports this module
+    from pyro_mcp.agent.guest_secrets import SecretStore
     from pyro_mcp.agent.server import Call
 
 Params = dict[str, Any]
@@ -30,8 +31,10 @@ OpError = frames.OpError
 class Shells:
     """Every shell of this agent, and the shell.* operations on them."""
 
-    def __init__(self, tree: Tree, limit: int = so.MAX_SHELLS) -> None:
-        self._tree, self._limit = tree, limit
+    def __init__(
+        self, tree: Tree, limit: int = so.MAX_SHELLS, secrets: SecretStore | None = None
+    ) -> None:
+        self._tree, self._limit, self._secrets = tree, limit, secrets
         self._lock = threading.Lock()
         self._shells: dict[str, Shell] = {}
         self._opening = 0
@@ -70,6 +73,13 @@ class Shells:
 
     def _open(self, call: Call, params: Params) -> Params:
         spec = so.parse_open(params)
+        store = self._secrets
+        extra_env: dict[str, str] = {}
+        if spec.secret_env:
+            if store is None:
+                raise ops.ParamError("this agent keeps no secrets")
+            extra_env = store.env_for(spec.secret_env)
+        redactor = store.redactor() if store is not None else None
         real_cwd = self._real_cwd(spec.parts)
         with self._lock:
             if len(self._shells) + self._opening >= self._limit:
@@ -81,7 +91,15 @@ class Shells:
             self._opening += 1
         try:
             shell_id = secrets.token_hex(6)
-            shell = Shell(shell_id, pf.logical(spec.parts), spec.cols, spec.rows, real_cwd)
+            shell = Shell(
+                shell_id,
+                pf.logical(spec.parts),
+                spec.cols,
+                spec.rows,
+                real_cwd,
+                env=extra_env,
+                redactor=redactor,
+            )
             with self._lock:
                 self._shells[shell_id] = shell
         finally:

@@ -190,8 +190,10 @@ class GuestClient(FileOps):
         timeout: float,
         max_output: int = ops.DEFAULT_MAX_OUTPUT,
         on_output: OutputCallback | None = None,
+        secret_env: dict[str, str] | None = None,
     ) -> ExecResult:
         """Run argv (or `command` through ``sh -lc``) in the guest; timeout is in seconds.
+        secret_env {SECRET: ENV} maps installed secrets into the command's environment.
 
         on_output(stream, chunk) runs on the reader thread as output arrives, so keep it quick.
         """
@@ -206,6 +208,8 @@ class GuestClient(FileOps):
             params["cwd"] = cwd
         if on_output is not None:
             params["stream"] = True
+        if secret_env:
+            params["secret_env"] = dict(secret_env)
         _validate(ops.parse_exec, params)
         result: ExecResult = self._call(
             "exec", params, timeout + EXEC_MARGIN, _parse_exec, on_output, max_output

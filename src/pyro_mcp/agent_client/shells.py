@@ -141,9 +141,13 @@ def open_shell(
     cwd: str = pf.WORKSPACE,
     cols: int = so.DEFAULT_COLS,
     rows: int = so.DEFAULT_ROWS,
+    secret_env: dict[str, str] | None = None,
 ) -> ShellInfo:
-    """Start an interactive shell on a PTY of cols x rows in `cwd` (inside /workspace)."""
-    params = {"cwd": cwd, "cols": cols, "rows": rows}
+    """Start an interactive shell on a PTY of cols x rows in `cwd` (inside /workspace);
+    secret_env {SECRET: ENV} maps installed secrets into its environment."""
+    params: dict[str, Any] = {"cwd": cwd, "cols": cols, "rows": rows}
+    if secret_env:
+        params["secret_env"] = dict(secret_env)
     _validate(so.parse_open, params)
     return _info(_request(client, "shell.open", params))
 

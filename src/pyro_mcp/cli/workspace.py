@@ -109,6 +109,15 @@ def _register_create(sub: Any) -> None:
     create.add_argument("--seed-path", help="host directory or .tar/.tar.gz copied to /workspace")
     create.add_argument("--name", help="free-text name")
     create.add_argument("--label", action="append", metavar="KEY=VALUE", help="repeatable")
+    create.add_argument(
+        "--secret", action="append", metavar="NAME=VALUE",
+        help="a secret kept for the guest only; repeatable. The value shows in this command's "
+        "/proc/PID/cmdline while it runs: prefer --secret-file",
+    )  # fmt: skip
+    create.add_argument(
+        "--secret-file", action="append", metavar="NAME=PATH",
+        help="a secret read from a host file (at most 64 KiB of UTF-8); repeatable",
+    )  # fmt: skip
     output = create.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the result as JSON")
     output.add_argument("--id-only", action="store_true", help="print only the workspace ID")
@@ -147,6 +156,7 @@ def _register_exec_and_transfer(sub: Any) -> None:
         sub, "exec", "run a command: pyro workspace exec ID -- CMD [ARGS...]", _exec
     )
     run.add_argument("--timeout-seconds", type=int, default=30, help="command timeout")
+    add_secret_env(run)
     run.set_defaults(wants_command=True)
 
     sync = group(sub, "sync", "copy host files into a workspace")
@@ -192,6 +202,39 @@ def _register_files(sub: Any) -> None:
 
 
 # --- argument helpers ---------------------------------------------------------------------
+
+
+def add_secret_env(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--secret-env", action="append", metavar="SECRET[=ENV]",
+        help="put the workspace secret SECRET in the environment as ENV (default: SECRET); "
+        "repeatable",
+    )  # fmt: skip
+
+
+def secret_env(args: argparse.Namespace) -> dict[str, str] | None:
+    """The --secret-env flags as the SDK's secret_env mapping."""
+    if not args.secret_env:
+        return None
+    from pyro_mcp.runtime.workspaces.secrets import parse_secret_env_flags
+
+    return parse_secret_env_flags(args.secret_env)
+
+
+def _secrets(args: argparse.Namespace) -> list[dict[str, str]] | None:
+    """--secret NAME=VALUE and --secret-file NAME=PATH as the SDK's secrets list."""
+    found: list[dict[str, str]] = []
+    for flag, key, items in (
+        ("--secret", "value", args.secret), ("--secret-file", "file_path", args.secret_file)
+    ):  # fmt: skip
+        for item in items or []:
+            name, sep, rest = item.partition("=")
+            if not sep or not name:
+                # Never echo a --secret argument: a mistyped one may be the value itself.
+                got = "an argument without NAME=" if flag == "--secret" else repr(item)
+                raise InvalidArgumentError(f"{flag} expects NAME={key.upper()}, got {got}")
+            found.append({"name": name, key: rest})
+    return found or None
 
 
 def _labels(items: list[str] | None) -> dict[str, str] | None:
@@ -244,6 +287,7 @@ def _create(args: argparse.Namespace) -> int:
         seed_path=args.seed_path,
         name=args.name,
         labels=labels,
+        secrets=_secrets(args),
         allow_hosts=args.allow_host,
         on_phase=_phases(args),
     )
@@ -320,6 +364,7 @@ def _exec(args: argparse.Namespace) -> int:
         args.workspace_id,
         command=as_command(args.command),
         timeout_seconds=args.timeout_seconds,
+        secret_env=secret_env(args),
         on_output=None if args.json else stream_chunk,
     )
     if args.json:

@@ -30,6 +30,7 @@ def register(sub: Any) -> None:
         "--publish", action="append", metavar="[HOST_PORT:]GUEST_PORT",
         help="relay 127.0.0.1:HOST_PORT to the guest while it runs; repeatable",
     )  # fmt: skip
+    ws.add_secret_env(start)
     start.set_defaults(wants_command=True)
     listing = ws.leaf(service, "list", "list a workspace's services", _list)
     listing.add_argument("workspace_id", metavar="WORKSPACE_ID")
@@ -84,7 +85,7 @@ def _start(args: argparse.Namespace) -> int:
     service = ws.sdk().start_service(
         args.workspace_id, args.service_name, command=as_command(args.command), cwd=args.cwd,
         readiness=readiness, ready_timeout_seconds=args.ready_timeout_seconds,
-        ready_interval_ms=args.ready_interval_ms,
+        ready_interval_ms=args.ready_interval_ms, secret_env=ws.secret_env(args),
         published_ports=[parse_publish(p) for p in args.publish] if args.publish else None,
     )  # fmt: skip
     _done(args, "workspace-service-start", service)

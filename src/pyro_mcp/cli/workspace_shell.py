@@ -25,6 +25,7 @@ def register(sub: Any) -> None:
     opened.add_argument("--cwd", default="/workspace", help="inside /workspace (default)")
     opened.add_argument("--cols", type=int, default=120, help="terminal width (default 120)")
     opened.add_argument("--rows", type=int, default=30, help="terminal height (default 30)")
+    ws.add_secret_env(opened)
     output = opened.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the result as JSON")
     output.add_argument("--id-only", action="store_true", help="print only the shell ID")
@@ -70,7 +71,10 @@ def _summary(tag: str, shell: dict[str, Any], **extra: Any) -> None:
 
 
 def _open(args: argparse.Namespace) -> int:
-    shell = ws.sdk().open_shell(args.workspace_id, cwd=args.cwd, cols=args.cols, rows=args.rows)
+    shell = ws.sdk().open_shell(
+        args.workspace_id, cwd=args.cwd, cols=args.cols, rows=args.rows,
+        secret_env=ws.secret_env(args),
+    )  # fmt: skip
     if args.json:
         emit_json(shell)
     elif args.id_only:

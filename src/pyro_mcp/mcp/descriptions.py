@@ -20,12 +20,15 @@ WORKSPACE_CREATE = (
     ".tar/.tar.gz/.tgz inside the server's allowed roots) fills /workspace and becomes the "
     "baseline that workspace_diff and workspace_reset compare against. Returns workspace_id. "
     "network_policy (full profile) 'egress' reaches public addresses only; allow_hosts "
-    "(domains, *.domain, IPv4 CIDRs) narrows egress to those. " + ENV_HINT
+    "(domains, *.domain, IPv4 CIDRs) narrows egress to those. secrets (full profile) "
+    '[{"name", "value"} or {"name", "file_path"}] are kept for the guest only: map them into '
+    "a command with secret_env; every output shows [REDACTED] in their place. " + ENV_HINT
 )
 WORKSPACE_EXEC = (
     "Run a command in a workspace, in /workspace; files and installed packages persist for "
     "later calls. `command` is a shell string (sh -lc) or an argv list. Returns stdout, "
-    "stderr, exit_code (124 on timeout) and its sequence number in the workspace's history."
+    "stderr, exit_code (124 on timeout) and its sequence number in the workspace's history. "
+    "secret_env (full profile) {SECRET: ENV} puts workspace secrets in its environment."
 )
 
 DESCRIPTIONS = {
@@ -114,7 +117,8 @@ DESCRIPTIONS = {
     "shell_open": (
         "Open an interactive shell (bash on a PTY) in a started workspace, for programs that "
         "need a terminal: a REPL, a debugger, `git rebase -i`, a TUI. It lives in the guest "
-        "until shell_close or the workspace stops. Returns shell_id."
+        "until shell_close or the workspace stops. Returns shell_id. secret_env {SECRET: ENV} "
+        "puts workspace secrets in its environment."
     ),
     "shell_read": (
         "Read a shell's output from `cursor` (0 at first, then the next_cursor you got). "
@@ -140,7 +144,8 @@ DESCRIPTIONS = {
         "or ready_command (exits 0), within ready_timeout_seconds. state is running, or failed "
         "with stop_reason (process_exited_before_ready, readiness_timeout). published_ports "
         "[{guest_port, host_port?}] relays 127.0.0.1 on the host to the guest while it runs "
-        "(network_policy 'egress+published-ports' only)."
+        "(network_policy 'egress+published-ports' only). secret_env {SECRET: ENV} puts "
+        "workspace secrets in its environment."
     ),
     "service_list": "A workspace's services, running or ended, with their states.",
     "service_status": (

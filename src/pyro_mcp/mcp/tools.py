@@ -1,10 +1,11 @@
 """The MCP tools: each one is an SDK method, described for the model that will choose it.
 
 A tool's parameters are its SDK method's, read from the method's signature, less the ones
-that only make sense in-process (callbacks) or whose capability is not in this version
-(secrets); the smaller profiles also leave out the network knobs, as 3.11 did. The MCP SDK
+that only make sense in-process (callbacks); the smaller profiles also leave out the network
+and secret knobs, as 3.11 did. The MCP SDK
 derives the input schema from that signature and runs the call in a worker thread, so a long
-boot never stalls the server. Host paths go through the allowed roots first; results are
+boot never stalls the server. Host paths (secret files too) go through the allowed roots
+first; results (redacted by the SDK) are
 bounded; a PyroError becomes a tool error carrying the same message the CLI prints.
 """
 
@@ -64,8 +65,10 @@ SDK_METHODS = {
     "service_logs": "logs_service",
     "service_stop": "stop_service",
 }
-HIDDEN = frozenset({"on_output", "on_phase", "progress", "secrets", "secret_env"})
-FULL_ONLY = frozenset({"network_policy", "allow_hosts", "clear_allow_hosts"})
+HIDDEN = frozenset({"on_output", "on_phase", "progress"})
+FULL_ONLY = frozenset(
+    {"network_policy", "allow_hosts", "clear_allow_hosts", "secrets", "secret_env"}
+)
 # Host paths the model may name, and whether they must exist already.
 HOST_PATHS = {"seed_path": True, "source_path": True, "output_path": False}
 
@@ -152,6 +155,8 @@ class PyroTools:
                     if arguments.get(key) is not None:
                         check = self.roots.existing if existing else self.roots.new
                         arguments[key] = check(key, str(arguments[key]))
+                if arguments.get("secrets") is not None:
+                    arguments["secrets"] = self._secret_files(arguments["secrets"])
                 return bound(after(method(**arguments)))
             except PyroError as exc:
                 raise ToolError(str(exc)) from exc
@@ -162,3 +167,15 @@ class PyroTools:
             parameters=params, return_annotation=dict[str, Any]
         )
         return call
+
+    def _secret_files(self, secrets: Any) -> Any:
+        """Each secret's file_path resolved inside the roots (the rest the SDK checks)."""
+        if not isinstance(secrets, list):
+            return secrets
+        checked = []
+        for entry in secrets:
+            if isinstance(entry, dict) and entry.get("file_path") is not None:
+                path = self.roots.existing("secrets[].file_path", str(entry["file_path"]))
+                entry = {**entry, "file_path": path}
+            checked.append(entry)
+        return checked

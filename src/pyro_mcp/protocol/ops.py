@@ -8,8 +8,10 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from pyro_mcp.protocol.redaction import SecretError, check_secret_env_names
 
 DEFAULT_MAX_OUTPUT = 1024 * 1024
 MAX_OUTPUT_LIMIT = 16 * 1024 * 1024
@@ -24,7 +26,9 @@ DEFAULT_EXEC_ENV = {
     "TERM": "dumb",
 }
 MAX_ENTROPY_BYTES = 4096
-_EXEC_KEYS = frozenset({"argv", "command", "env", "cwd", "timeout", "max_output", "stream"})
+_EXEC_KEYS = frozenset(
+    {"argv", "command", "env", "cwd", "timeout", "max_output", "stream", "secret_env"}
+)
 _CONFIGURE_KEYS = frozenset({"hostname", "machine_id", "time_ns", "entropy"})
 _HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")
 _MACHINE_ID = re.compile(r"[0-9a-f]{32}")
@@ -44,6 +48,8 @@ class ExecSpec:
     timeout: float
     max_output: int
     stream: bool
+    # {SECRET: ENV}: the agent adds each installed secret's value to env under ENV.
+    secret_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,15 @@ def parse_exec(params: dict[str, Any]) -> ExecSpec:
     if not isinstance(stream, bool):
         raise ParamError("stream must be a boolean")
     env = _exec_env(params.get("env", {}))
-    return ExecSpec(argv, env, cwd, float(timeout), limit, stream)
+    return ExecSpec(argv, env, cwd, float(timeout), limit, stream, parse_secret_env(params))
+
+
+def parse_secret_env(params: dict[str, Any]) -> dict[str, str]:
+    """The optional secret_env of exec, shell.open and service.start: names only."""
+    try:
+        return check_secret_env_names(params.get("secret_env", {}))
+    except SecretError as exc:
+        raise ParamError(str(exc)) from None
 
 
 def parse_configure(params: dict[str, Any]) -> Identity:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyro_mcp.protocol import file_ops, ops
@@ -64,8 +64,11 @@ MIN_HOST_PORT = 1025
 ERR_CONFLICT = "conflict"
 
 _START_KEYS = frozenset(
-    {"name", "argv", "command", "cwd", "env", "readiness", "ready_timeout", "ready_interval_ms"}
-)
+    {
+        "name", "argv", "command", "cwd", "env", "readiness", "ready_timeout",
+        "ready_interval_ms", "secret_env",
+    }
+)  # fmt: skip
 _LOGS_KEYS = frozenset({"name", "tail_lines", "max_bytes"})
 
 
@@ -93,6 +96,8 @@ class StartSpec:
     readiness: Readiness | None
     ready_timeout: float
     ready_interval_ms: int
+    # {SECRET: ENV}: the agent adds each installed secret's value to env under ENV.
+    secret_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,7 @@ def parse_start(params: dict[str, Any]) -> StartSpec:
         readiness=parse_readiness(params.get("readiness")),
         ready_timeout=timeout,
         ready_interval_ms=interval,
+        secret_env=ops.parse_secret_env(params),
     )
 
 

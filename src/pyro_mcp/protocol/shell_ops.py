@@ -10,7 +10,9 @@ length of the text returned. The agent keeps the last RING_CHARS characters of e
 
 Operations (params -> result; every result holds the shell's view, SHELL_VIEW_KEYS):
 
-- ``shell.open`` {cwd, cols, rows} -> view.
+- ``shell.open`` {cwd, cols, rows, secret_env} -> view. secret_env {SECRET: ENV} puts installed
+  secrets into the shell's environment; the output of every shell is redacted in the agent
+  before it enters the ring (protocol/redaction.py), so no read returns a secret.
 - ``shell.read`` {shell_id, cursor, max_chars, wait_for_idle_ms} -> view + {cursor,
   next_cursor, truncated, idle}; the text as UTF-8 ``data`` output. ``cursor`` in the result is
   where the text starts: later than the one asked for when the ring no longer holds that part.
@@ -30,11 +32,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyro_mcp.protocol.file_ops import Parts, workspace_parts
-from pyro_mcp.protocol.ops import ParamError, check_keys
+from pyro_mcp.protocol.ops import ParamError, check_keys, parse_secret_env
 
 RING_CHARS = 1024 * 1024
 DEFAULT_MAX_CHARS = 65536
@@ -67,6 +69,8 @@ class OpenSpec:
     parts: Parts
     cols: int
     rows: int
+    # {SECRET: ENV}: the agent adds each installed secret's value to the shell's env.
+    secret_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -109,10 +113,10 @@ def _size(params: dict[str, Any]) -> tuple[int, int]:
 
 
 def parse_open(params: dict[str, Any]) -> OpenSpec:
-    """shell.open: a working directory inside /workspace and a window size."""
-    check_keys(params, {"cwd", "cols", "rows"})
+    """shell.open: a working directory inside /workspace, a window size, secret_env."""
+    check_keys(params, {"cwd", "cols", "rows", "secret_env"})
     parts = workspace_parts(params.get("cwd", "/workspace"), "cwd")
-    return OpenSpec(parts, *_size(params))
+    return OpenSpec(parts, *_size(params), secret_env=parse_secret_env(params))
 
 
 def parse_read(params: dict[str, Any]) -> ReadSpec:

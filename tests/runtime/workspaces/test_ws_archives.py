@@ -388,6 +388,29 @@ def test_export_file(tmp_path: Path, dest: Path) -> None:
     assert os.listdir(dest) == ["copy.sh"]
 
 
+def test_export_redacts_secrets_from_every_regular_file(tmp_path: Path, dest: Path) -> None:
+    from pyro_mcp.protocol.redaction import MARKER, Redactor
+
+    value = b"tok-Zq8xV3pL2mN7"
+    big = b"x" * (3 << 20) + value + b"y"  # across the 1 MiB read chunks
+    stream = guest_tar(
+        tmp_path,
+        [
+            (member("d", tarfile.DIRTYPE, mode=0o755), None),
+            (member("d/cfg", mode=0o600), b"url=https://u:" + value + b"@host\n"),
+            (member("big.bin"), big),
+            (member("plain"), b"nothing here"),
+        ],
+    )
+    done = archives.extract_export(stream, dest / "out", "directory", Redactor([value]))
+    assert (dest / "out/d/cfg").read_bytes() == b"url=https://u:" + MARKER + b"@host\n"
+    assert stat.S_IMODE((dest / "out/d/cfg").stat().st_mode) == 0o600
+    assert (dest / "out/big.bin").read_bytes() == b"x" * (3 << 20) + MARKER + b"y"
+    assert (dest / "out/plain").read_bytes() == b"nothing here"
+    assert done.entry_count == 4
+    assert sorted(os.listdir(dest / "out")) == ["big.bin", "d", "plain"]  # no leftovers
+
+
 @pytest.mark.parametrize("target", ["plain", "sub/../plain"])
 def test_export_symlink_keeps_its_target(tmp_path: Path, dest: Path, target: str) -> None:
     stream = guest_tar(tmp_path, [(member("python", tarfile.SYMTYPE, target), None)])

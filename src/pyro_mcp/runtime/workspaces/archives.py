@@ -34,6 +34,7 @@ from pyro_mcp.errors import (
     PyroError,
 )
 from pyro_mcp.protocol import frames
+from pyro_mcp.protocol.redaction import Redactor
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 ARTIFACT_TYPES = ("file", "directory", "symlink")
@@ -349,9 +350,12 @@ def _unexpected(reason: str) -> GuestError:
     return GuestError(f"unexpected archive from the guest: {reason}")
 
 
-def extract_export(tar_path: Path, output: Path, artifact_type: str) -> Exported:
+def extract_export(
+    tar_path: Path, output: Path, artifact_type: str, redactor: Redactor | None = None
+) -> Exported:
     """Place what a guest tar.create stream (in the file `tar_path`) holds at `output`, which
-    must not exist: checked, unpacked into staging next to it, then renamed into place."""
+    must not exist: checked, unpacked into staging next to it, with the workspace's secrets
+    redacted from every regular file, then renamed into place."""
     output = check_output_free(output)
     if artifact_type not in ARTIFACT_TYPES:
         raise _unexpected(f"artifact type {artifact_type!r:.100}")
@@ -372,7 +376,10 @@ def extract_export(tar_path: Path, output: Path, artifact_type: str) -> Exported
         output.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".pyro-export-", dir=output.parent))
         try:
-            _place(_unpack(tar, members, staging, artifact_type), output)
+            unpacked = _unpack(tar, members, staging, artifact_type)
+            if redactor is not None and redactor.active:
+                redact_files(unpacked, redactor)
+            _place(unpacked, output)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return Exported(artifact_type, count, size)
@@ -409,6 +416,32 @@ def _unpack(
     except tarfile.FilterError as exc:
         raise InvalidArgumentError(str(exc), hint=_EXPORT_HINT) from None
     return target if artifact_type == "directory" else target / members[0].name
+
+
+def redact_files(root: Path, redactor: Redactor) -> None:
+    """Rewrite every regular file at or below `root` (ours: just unpacked) with the secrets
+    redacted; modes and times stay. Symbolic links are not followed."""
+    if root.is_symlink():
+        return
+    if root.is_file():
+        _redact_file(root, redactor)
+        return
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder, name)
+            if not path.is_symlink() and path.is_file():
+                _redact_file(path, redactor)
+
+
+def _redact_file(path: Path, redactor: Redactor) -> None:
+    stream = redactor.clone()
+    fresh = path.with_name(f".{path.name}.pyro-redacted")
+    with path.open("rb") as src, fresh.open("xb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(stream.feed(chunk))
+        dst.write(stream.flush())
+    shutil.copystat(path, fresh)
+    os.replace(fresh, path)
 
 
 # --- placing without replacing -------------------------------------------------------------

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pyro_mcp.errors import InvalidArgumentError
 from pyro_mcp.runtime import launch
 from pyro_mcp.runtime.arguments import Command, OutputCallback, check_range, command_parts
 from pyro_mcp.runtime.vm_views import exec_fields
@@ -41,10 +40,10 @@ class WorkspaceCommands:
         """Run `command` in /workspace; the result carries its sequence number."""
         timeout = check_range("timeout_seconds", timeout_seconds)
         argv, shell, text = command_parts(command)
-        if secret_env:
-            raise InvalidArgumentError(
-                "secret_env needs workspace secrets, which are not available in this version"
-            )
+        mapped = self.service.secret_env(workspace_id, secret_env)
+        # The text is recorded and returned redacted; the guest runs it as given.
+        redactor = self.service.redactor(workspace_id)
+        text = redactor.redact_text(text)
         with self.service.using(workspace_id, "exec") as (row, vm_dir):
             started = time.time()
             sequence = rows.begin_command(
@@ -54,12 +53,12 @@ class WorkspaceCommands:
                 with launch.connect(vm_dir) as client:
                     result = client.exec(
                         argv, shell, cwd=records.WORKSPACE_PATH, timeout=timeout,
-                        on_output=on_output,
+                        on_output=on_output, secret_env=mapped,
                     )  # fmt: skip
             except BaseException as exc:
                 rows.finish_command(
                     self.store, workspace_id, sequence, recorded_at=time.time(),
-                    error=str(exc)[:2000] or type(exc).__name__,
+                    error=redactor.redact_text(str(exc))[:2000] or type(exc).__name__,
                 )  # fmt: skip
                 raise
             wall_ms = round((time.time() - started) * 1000)

@@ -81,13 +81,18 @@ class WorkspaceFiles:
         max_bytes = _check_max_bytes(max_bytes)
         with self._client(workspace_id, "file read") as (row, client):
             got = client.read_file(path, max_bytes=max_bytes)
+        content = got.content
+        if got.truncated:
+            # The cut may fall inside a secret: whatever could begin one stays out (the whole
+            # result is redacted on its way out, as every workspace result is).
+            content = self.service.redactor(workspace_id).clone().feed(content)
         return {
             "workspace_id": workspace_id,
             "path": got.path,
             "size_bytes": got.size_bytes,
             "max_bytes": max_bytes,
             # A cut may split a UTF-8 sequence, and binary files have no text form.
-            "content": got.content.decode("utf-8", "replace"),
+            "content": content.decode("utf-8", "replace"),
             "truncated": got.truncated,
             "execution_mode": row["execution_mode"],
         }
@@ -159,15 +164,19 @@ class WorkspaceFiles:
         """Copy a file or directory of /workspace to a new host path, atomically."""
         _logical(path)
         output = archives.check_output_free(Path(output_path))
-        directory = self.service.known_directory(workspace_id)
-        with _scratch(directory) as tar_path:
+        self.service.known_directory(workspace_id)
+        # The guest's tar lands beside the output, never in the state directory: it holds the
+        # files before their secrets are redacted.
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with _scratch(output.parent) as tar_path:
             with (
                 self._client(workspace_id, "export") as (row, client),
                 tar_path.open("wb") as sink,
             ):
                 made = client.create_tar(path, sink.write)
             assert made.artifact_type is not None
-            done = archives.extract_export(tar_path, output, made.artifact_type)
+            redactor = self.service.redactor(workspace_id)
+            done = archives.extract_export(tar_path, output, made.artifact_type, redactor)
         return {
             "workspace_id": workspace_id,
             "workspace_path": _logical(path),
@@ -208,7 +217,7 @@ def _logical(path: str, what: str = "path") -> str:
 
 @contextlib.contextmanager
 def _scratch(directory: Path) -> Iterator[Path]:
-    """A private temporary file in the workspace directory, removed afterwards."""
+    """A private temporary file in `directory`, removed afterwards."""
     fd, name = tempfile.mkstemp(prefix=".scratch-", suffix=".tar", dir=directory)
     os.close(fd)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from pyro_mcp.errors import InvalidArgumentError
@@ -73,14 +73,6 @@ def _label_value(key: str, value: Any) -> str:
     return value
 
 
-def check_no_secrets(secrets: Iterable[Any] | None) -> None:
-    if secrets:
-        raise InvalidArgumentError(
-            "workspace secrets are not available in this version",
-            hint="create the workspace without secrets",
-        )
-
-
 def command_view(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if row is None:
         return None
@@ -122,7 +114,7 @@ def workspace_view(
         "execution_mode": row["execution_mode"],
         "workspace_path": WORKSPACE_PATH,
         "workspace_seed": json.loads(row["seed"]),
-        "secrets": [],
+        "secrets": [],  # names and kinds live beside the workspace: WorkspaceService.view
         "command_count": row["command_count"],
         "last_command": command_view(last),
         "reset_count": row["reset_count"],

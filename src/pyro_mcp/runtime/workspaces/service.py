@@ -26,12 +26,14 @@ from pyro_mcp.errors import (
     PyroError,
     WrongStateError,
 )
+from pyro_mcp.protocol.redaction import Redactor
 from pyro_mcp.runtime import launch
 from pyro_mcp.runtime import network as net
 from pyro_mcp.runtime.arguments import check_range
 from pyro_mcp.runtime.vm_views import vm_metadata
 from pyro_mcp.runtime.vms import VmService
 from pyro_mcp.runtime.workspaces import archives, diff, locks, records
+from pyro_mcp.runtime.workspaces import secrets as ws_secrets
 from pyro_mcp.state import services as service_rows
 from pyro_mcp.state import vms as vm_rows
 from pyro_mcp.state import workspaces as rows
@@ -50,6 +52,7 @@ class WorkspaceService:
     def __init__(self, vms: VmService) -> None:
         self.vms = vms
         self.store = vms.store
+        self._redactors = ws_secrets.RedactorCache()
 
     def directory(self, workspace_id: str) -> Path:
         return self.store.workspace_dir(workspace_id)
@@ -58,6 +61,19 @@ class WorkspaceService:
         """The directory of a workspace that exists (NotFoundError otherwise); no
         reconciliation, so it is cheap enough to call before the call that does it."""
         return self.directory(self._load(workspace_id)["workspace_id"])
+
+    def redactor(self, workspace_id: object) -> Redactor:
+        """The redactor of the workspace's secrets (inactive when it has none or is unknown)."""
+        if not isinstance(workspace_id, str) or not workspace_id.isalnum():
+            return Redactor([])
+        return self._redactors.get(self.directory(workspace_id))
+
+    def secret_env(self, workspace_id: str, secret_env: Any) -> dict[str, str]:
+        """A call's {SECRET: ENV}, checked against the workspace's secrets."""
+        if not secret_env:
+            return {}
+        names = ws_secrets.names(self.known_directory(workspace_id))
+        return ws_secrets.check_secret_env(secret_env, names)
 
     # --- reading --------------------------------------------------------------------------
 
@@ -124,6 +140,7 @@ class WorkspaceService:
         row = self.row(workspace_id)
         services = service_rows.counts_of(self.store, workspace_id)
         view = records.workspace_view(row, rows.last_command(self.store, workspace_id), services)
+        view["secrets"] = ws_secrets.views(self.directory(workspace_id))
         vm = self.store.get_vm(row["vm_id"]) if row["vm_id"] else None
         if vm is not None:
             view["metadata"] = vm_metadata(vm)
@@ -215,9 +232,11 @@ class WorkspaceService:
         allow_hosts: Iterable[str] | None = None,
         on_phase: Phase | None = None,
     ) -> dict[str, Any]:
-        """Boot a workspace with `seed_path` (a directory or .tar/.tar.gz/.tgz) in /workspace."""
+        """Boot a workspace with `seed_path` (a directory or .tar/.tar.gz/.tgz) in /workspace
+        and `secrets` ({name, value} or {name, file_path} each) kept for its guest."""
+        found = ws_secrets.parse(secrets)
         record = self._new_record(
-            environment, vcpu_count, mem_mib, ttl_seconds, network_policy, secrets, name, labels
+            environment, vcpu_count, mem_mib, ttl_seconds, network_policy, name, labels
         )
         record["allow_hosts"] = json.dumps(
             net.check_allow_hosts(allow_hosts, record["network_policy"] != "off")
@@ -228,6 +247,8 @@ class WorkspaceService:
                 locks.hold(directory, locks.LIFE, exclusive=True, timeout=0),
                 locks.hold(directory, locks.USE, exclusive=True, timeout=0),
             ):
+                if found:
+                    ws_secrets.store(directory, found)
                 seed = archives.prepare_archive(seed_path, directory / BASELINE_TAR)
                 record["seed"] = json.dumps(_seed_view(seed, seed.entry_count, 0))
                 self.store.insert("workspaces", record)
@@ -244,7 +265,6 @@ class WorkspaceService:
         mem_mib: int,
         ttl_seconds: int,
         network_policy: str,
-        secrets: Iterable[Any] | None,
         name: str | None,
         labels: Mapping[str, str] | None,
     ) -> dict[str, Any]:
@@ -252,7 +272,6 @@ class WorkspaceService:
         mem_mib = check_range("mem_mib", mem_mib)
         ttl_seconds = records.check_ttl(ttl_seconds)
         policy = net.check_policy(network_policy)
-        records.check_no_secrets(secrets)
         env = self.vms.envs.inspect(environment)
         workspace_id, now = uuid.uuid4().hex[:12], time.time()
         return {
@@ -314,12 +333,13 @@ class WorkspaceService:
         )
         try:
             self.vms.start_vm(vm["vm_id"], on_phase=on_phase)
+            started = self.store.get_vm(vm["vm_id"])
+            assert started is not None
+            ws_secrets.install(directory, Path(started["vm_dir"]))
         except BaseException:
             with contextlib.suppress(PyroError):
                 self.vms.delete_vm(vm["vm_id"], reason="workspace_boot_failed")
             raise
-        started = self.store.get_vm(vm["vm_id"])
-        assert started is not None
         return started
 
     def _started(self, workspace_id: str, vm: Mapping[str, Any], **fields: Any) -> None:

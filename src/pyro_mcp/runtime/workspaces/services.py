@@ -35,6 +35,7 @@ from pyro_mcp.protocol import service_ops as sp
 from pyro_mcp.runtime import launch
 from pyro_mcp.runtime.arguments import Command, command_parts
 from pyro_mcp.runtime.workspaces import records
+from pyro_mcp.runtime.workspaces import secrets as ws_secrets
 from pyro_mcp.runtime.workspaces.service import WorkspaceService
 from pyro_mcp.state import services as rows
 from pyro_mcp.state.schema import SERVICE_COLUMNS
@@ -64,6 +65,7 @@ class WorkspaceServices:
         readiness: Mapping[str, Any] | None = None,
         ready_timeout_seconds: float = sp.DEFAULT_READY_TIMEOUT,
         ready_interval_ms: int = sp.DEFAULT_READY_INTERVAL_MS,
+        secret_env: Mapping[str, str] | None = None,
         published_ports: Sequence[Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Start `command` as service `service_name`; returns once it is ready (running), or
@@ -72,6 +74,9 @@ class WorkspaceServices:
             service_name, command, cwd, readiness, ready_timeout_seconds, ready_interval_ms
         )
         ports = check_ports(published_ports)
+        mapped = self.service.secret_env(workspace_id, secret_env)
+        if mapped:
+            params["secret_env"] = mapped
         with self.service.using(workspace_id, "service start") as (row, vm_dir):
             if ports:
                 _check_policy(row)
@@ -80,7 +85,7 @@ class WorkspaceServices:
                     record, published = agent_services.publish(client, params, ports)
                 else:
                     record, published = agent_services.start_service(client, params), []
-            stored = _row(row, record, published)
+            stored = self._row(row, record, published)
             rows.put(self.store, stored)
         return _view(stored)
 
@@ -150,7 +155,7 @@ class WorkspaceServices:
     def _sync(self, row: Mapping[str, Any], client: GuestClient) -> None:
         found = agent_services.list_services(client)
         relayed = agent_services.published(client) if _publishes(row) else {}
-        copies = [_row(row, record, _ports_of(record, relayed)) for record in found]
+        copies = [self._row(row, record, _ports_of(record, relayed)) for record in found]
         rows.sync(self.store, row["workspace_id"], row["vm_id"], copies, at=time.time())
 
     def _stop(self, row: Mapping[str, Any], client: GuestClient, name: str) -> None:
@@ -160,7 +165,14 @@ class WorkspaceServices:
             return  # not in this guest: the record (of an earlier VM) says how it ended
         if _publishes(row):
             agent_services.close_ports(client, name, record.run_id)
-        rows.put(self.store, _row(row, record, []))
+        rows.put(self.store, self._row(row, record, []))
+
+    def _row(
+        self, workspace: Mapping[str, Any], record: ServiceRecord, ports: Sequence[PublishedPort]
+    ) -> dict[str, Any]:
+        """The state-store row of `record`, its command text redacted before it is stored."""
+        redactor = self.service.redactor(workspace["workspace_id"])
+        return ws_secrets.redact_tree(_row(workspace, record, ports), redactor)
 
     def _stored(self, workspace_id: str, name: str) -> dict[str, Any]:
         stored = rows.get(self.store, workspace_id, name)
@@ -316,7 +328,7 @@ def _ports_of(
 
 
 def _row(
-    workspace: Mapping[str, Any], record: ServiceRecord, ports: list[PublishedPort]
+    workspace: Mapping[str, Any], record: ServiceRecord, ports: Sequence[PublishedPort]
 ) -> dict[str, Any]:
     """The state-store row of `record`, a run in the workspace's current VM."""
     row = {

@@ -101,12 +101,9 @@ class WorkspaceShells:
         """Start an interactive shell (bash, else sh) on a cols x rows terminal in `cwd`."""
         _check_int("cols", cols, 1, so.MAX_COLS, "pass a terminal width in columns")
         _check_int("rows", rows, 1, so.MAX_ROWS, "pass a terminal height in rows")
-        if secret_env:
-            raise InvalidArgumentError(
-                "secret_env needs workspace secrets, which are not available in this version"
-            )
+        mapped = self.service.secret_env(workspace_id, secret_env)
         with self._client(workspace_id, "shell open") as (row, client):
-            info = guest.open_shell(client, cwd=cwd, cols=cols, rows=rows)
+            info = guest.open_shell(client, cwd=cwd, cols=cols, rows=rows, secret_env=mapped)
         return shell_view(workspace_id, info, row)
 
     def read(
