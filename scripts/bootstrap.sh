@@ -6,7 +6,7 @@
 set -euo pipefail
 
 PYRO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-APT_PACKAGES=(mmdebstrap qemu-system-x86 e2fsprogs lz4 zstd xz-utils dpkg iproute2 cpio nftables)
+APT_PACKAGES=(mmdebstrap qemu-system-x86 qemu-utils e2fsprogs lz4 zstd xz-utils dpkg iproute2 cpio nftables)
 
 missing_packages() {
     local pkg

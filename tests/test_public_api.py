@@ -77,15 +77,7 @@ CONTRACT = {
     "create_server": "*, profile='workspace-full'",
 }
 
-SHELLS_AND_SERVICES = "issue 12 (shells and services)"
-SNAPSHOTS_AND_DISK = "issue 14 (named snapshots and disk tools)"
-PENDING = {
-    **dict.fromkeys(("create_snapshot", "list_snapshots", "delete_snapshot"), SNAPSHOTS_AND_DISK),
-    **dict.fromkeys(
-        ("export_workspace_disk", "list_workspace_disk", "read_workspace_disk"),
-        SNAPSHOTS_AND_DISK,
-    ),
-}
+PENDING: dict[str, str] = {}  # method -> the issue that brings it
 
 
 def contract_signature(params: str) -> inspect.Signature:

@@ -214,7 +214,7 @@ class Pyro:
     ) -> dict[str, Any]:
         """Set or clear the name; add, change or remove labels; replace or lift the egress
         allowlist (a running workspace's filter changes at once)."""
-        return self.workspaces.update(
+        return self.manager.updates.update(
             workspace_id,
             name=name,
             clear_name=clear_name,
@@ -249,8 +249,47 @@ class Pyro:
         snapshot: str = "baseline",
         on_phase: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
-        """A fresh VM with /workspace back at the baseline; the command history stays."""
+        """A fresh VM on the disk of named snapshot `snapshot`, or (baseline) with
+        /workspace back at the seed; the command history stays."""
         return self.workspaces.reset(workspace_id, snapshot=snapshot, on_phase=on_phase)
+
+    @_redacted
+    def export_workspace_disk(
+        self, workspace_id: str, *, output_path: str | Path
+    ) -> dict[str, Any]:
+        """One ext4 image of a stopped workspace's root (as its guest saw it) at a new host
+        path; a helper VM reads the disk, the host never parses it."""
+        return self.manager.disk.export(workspace_id, output_path=str(output_path))
+
+    @_redacted
+    def list_workspace_disk(
+        self, workspace_id: str, *, path: str = "/workspace", recursive: bool = False
+    ) -> dict[str, Any]:
+        """A directory of a stopped workspace's /workspace, read from its disk."""
+        return self.manager.disk.list(workspace_id, path=path, recursive=recursive)
+
+    @_redacted
+    def read_workspace_disk(
+        self, workspace_id: str, path: str, *, max_bytes: int = 65536
+    ) -> dict[str, Any]:
+        """The first max_bytes of a file of a stopped workspace's /workspace."""
+        return self.manager.disk.read(workspace_id, path, max_bytes=max_bytes)
+
+    @_redacted
+    def create_snapshot(self, workspace_id: str, snapshot_name: str) -> dict[str, Any]:
+        """Snapshot the started workspace's whole disk (installed packages too), in time that
+        does not grow with what it holds; reset_workspace(snapshot=...) goes back to it."""
+        return self.manager.snapshots.create(workspace_id, snapshot_name)
+
+    @_redacted
+    def list_snapshots(self, workspace_id: str) -> dict[str, Any]:
+        """The baseline, then the named snapshots, newest first."""
+        return self.manager.snapshots.list(workspace_id)
+
+    @_redacted
+    def delete_snapshot(self, workspace_id: str, snapshot_name: str) -> dict[str, Any]:
+        """Drop a named snapshot (the baseline stays)."""
+        return self.manager.snapshots.delete(workspace_id, snapshot_name)
 
     @_redacted
     def exec_workspace(

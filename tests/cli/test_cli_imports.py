@@ -135,6 +135,11 @@ def test_every_workspace_command_reaches_the_sdk_light(tmp_path: Path) -> None:
         ["workspace", "service", "start", ws, "web", "--ready-file", "r", "--", "true"],
         ["workspace", "service", "list", ws],
         *[["workspace", "service", verb, ws, "web"] for verb in ("status", "logs", "stop")],
+        *[["workspace", "snapshot", verb, ws, "s1"] for verb in ("create", "delete")],
+        ["workspace", "snapshot", "list", ws],
+        ["workspace", "disk", "export", ws, "--output", str(tmp_path / "disk.ext4")],
+        ["workspace", "disk", "list", ws],
+        ["workspace", "disk", "read", ws, "a"],
     ]
     covered = {tuple(argv[:3]) for argv in runs} | {tuple(argv[:2]) for argv in runs}
     for leaf in leaf_paths(build_parser(), []):

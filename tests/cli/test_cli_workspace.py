@@ -601,3 +601,33 @@ def test_boots_report_progress_on_stderr_for_people_only(
     assert machine is None and human is not None
     human("start execution_mode=qemu-tcg")
     assert capsys.readouterr().err == "[workspace] phase=start execution_mode=qemu-tcg\n"
+
+
+def test_snapshot_commands(fake: FakeSdk, run: Runner) -> None:
+    code, out, _ = run("snapshot", "create", WID, "s1")
+    assert code == 0 and fake.calls[-1] == ("create_snapshot", (WID, "s1"), {})
+    assert out == (
+        f"[workspace-snapshot-create] workspace_id={WID} snapshot_name=s1 kind=named "
+        "entry_count=12 bytes_written=4096\n"
+    )
+    code, out, _ = run("snapshot", "list", WID)
+    assert out.splitlines() == [
+        "baseline [baseline] 12 4096 deletable=no", "s1 [named] 12 4096 deletable=yes",
+    ]  # fmt: skip
+    code, out, _ = run("snapshot", "delete", WID, "s1")
+    assert (code, out) == (0, "Deleted workspace snapshot: s1\n")
+    code, out, _ = run("snapshot", "list", WID, "--json")
+    assert json.loads(out)["count"] == 2
+
+
+def test_disk_commands(fake: FakeSdk, run: Runner) -> None:
+    code, out, _ = run("disk", "export", WID, "--output", "/tmp/root.ext4")
+    assert code == 0 and fake.calls[-1] == (
+        "export_workspace_disk", (WID,), {"output_path": "/tmp/root.ext4"},
+    )  # fmt: skip
+    assert "disk_format=ext4" in out
+    assert run("disk", "list", WID, "sub", "--recursive")[0] == 0
+    assert fake.calls[-1] == ("list_workspace_disk", (WID,), {"path": "sub", "recursive": True})
+    code, _, err = run("disk", "read", WID, "a.txt")
+    assert code == 0 and fake.calls[-1][0] == "read_workspace_disk"
+    assert err.startswith("[workspace-disk-read] ")

@@ -95,12 +95,33 @@ def log_entry(
     }
 
 
+SNAPSHOT = {
+    "workspace_id": WID, "snapshot_name": "s1", "kind": "named", "created_at": 1.0,
+    "entry_count": 12, "bytes_written": 4096, "deletable": True,
+}  # fmt: skip
+
 RESULTS: dict[str, Any] = {
     "create_workspace": WORKSPACE,
     "update_workspace": WORKSPACE,
     "status_workspace": WORKSPACE,
     "start_workspace": WORKSPACE,
     "stop_workspace": {**WORKSPACE, "state": "stopped", "stop_reason": "user_request"},
+    "create_snapshot": {"workspace_id": WID, "snapshot": SNAPSHOT, "execution_mode": "qemu-tcg"},
+    "list_snapshots": {
+        "workspace_id": WID,
+        "count": 2,
+        "snapshots": [
+            {**SNAPSHOT, "snapshot_name": "baseline", "kind": "baseline", "deletable": False},
+            SNAPSHOT,
+        ],
+    },
+    "delete_snapshot": {"workspace_id": WID, "snapshot_name": "s1", "deleted": True},
+    "export_workspace_disk": {
+        "workspace_id": WID,
+        "output_path": "/tmp/root.ext4",
+        "disk_format": "ext4",
+        "bytes_written": 8192,
+    },
     "list_workspaces": {"count": 1, "workspaces": [{k: WORKSPACE[k] for k in LIST_KEYS}]},
     "delete_workspace": {"workspace_id": WID, "deleted": True, "reason": "explicit_delete"},
     "exec_workspace": EXEC_RESULT,
@@ -208,6 +229,11 @@ RESULTS: dict[str, Any] = {
         },
     },
 }
+
+
+# The disk tools answer as the file tools do.
+RESULTS["list_workspace_disk"] = RESULTS["list_workspace_files"]
+RESULTS["read_workspace_disk"] = RESULTS["read_workspace_file"]
 
 
 class FakeSdk:

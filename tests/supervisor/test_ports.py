@@ -368,3 +368,24 @@ def test_bad_requests_and_a_vm_without_network(ports: tuple[ServicePorts, GuestC
     with pytest.raises(frames.OpError, match="egress\\+published-ports") as caught:
         offline.publish({"start": http_service(1), "ports": [{"guest_port": 80}]})
     assert str(caught.value) == NO_NETWORK
+
+
+def test_adopt_relays_a_running_service_again_until_it_ends(
+    ports: tuple[ServicePorts, GuestClient],
+) -> None:
+    # As after a resume: the service runs, its ports were bound by a supervisor now gone.
+    published, client = ports
+    guest_port, host_port = free_port(), free_port()
+    record = agent_services.start_service(client, http_service(guest_port))
+    params = {"name": "web", "run_id": record.run_id,
+              "ports": [{"guest_port": guest_port, "host_port": host_port}]}  # fmt: skip
+    adopted = published.handle("ports.adopt", params)
+    assert adopted["published_ports"][0]["host_port"] == host_port
+    assert get(host_port).startswith(b"HTTP/1.0 200")
+    with pytest.raises(frames.OpError, match="has published ports"):
+        published.handle("ports.adopt", params)
+    os.kill(record.pid, 9)
+    wait_until(lambda: refused(host_port), "the adopted port to close")
+    # a run that has already ended gets its ports closed at once
+    published.handle("ports.adopt", params)
+    wait_until(lambda: refused(host_port), "the port of an ended run to close")

@@ -46,8 +46,11 @@ def test_a_cold_boot_loads_kernel_and_initramfs_with_the_vms_hostname(tmp_path: 
     assert append == boot_args("tcg", "pyro.transport=serial", "pyro.hostname=pyro-abc123")
     assert "pyro.rw" not in append
     assert "-incoming" not in argv
-    assert after(argv, "-object") == []
-    assert after(argv, "-M") == ["microvm,x-option-roms=off,rtc=off,isa-serial=on"]
+    # plain RAM, under the name a suspended VM's stream uses for it
+    assert after(argv, "-object") == ["memory-backend-ram,id=mem,size=1024M"]
+    assert after(argv, "-M") == [
+        "microvm,x-option-roms=off,rtc=off,isa-serial=on,memory-backend=mem"
+    ]
     assert after(argv, "-m") == ["1024M"] and after(argv, "-smp") == ["2"]
     assert after(argv, "-accel") == ["tcg"] and after(argv, "-cpu") == ["max"]
     assert after(argv, "-drive") == [f"id=root,file={spec.rootfs},format=raw,if=none,readonly=on"]

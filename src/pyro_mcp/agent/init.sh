@@ -70,6 +70,26 @@ cp /bin/busybox /newroot/opt/pyro/busybox
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 
+# A helper VM of the disk tools (pyro.inspect=/dev/vdX): another workspace's stopped disk,
+# behind a throwaway overlay (mounted read-only, but the kernel may replay its journal into
+# the overlay). Its /workspace stands in for this VM's own, and the root as that
+# workspace saw it (image under its writable layer) is at /mnt/view. A guest wrote that disk,
+# so it may be garbage: then nothing of it is mounted and /run/pyro-inspect says why.
+inspect=$(arg pyro.inspect) && {
+    mkdir -p /mnt/inspect /newroot/mnt/view
+    if ! wait_for_block "$inspect"; then
+        echo "error: the disk $inspect did not appear" >/newroot/run/pyro-inspect
+    elif ! err=$(mount -t ext4 -o ro "$inspect" /mnt/inspect 2>&1); then
+        echo "error: the kernel cannot mount it: $err" >/newroot/run/pyro-inspect
+    elif ! err=$(mount -t overlay overlay -o ro,lowerdir=/mnt/inspect/upper:/mnt/ro \
+            /newroot/mnt/view 2>&1 && mount --bind /mnt/inspect/workspace /newroot/workspace \
+            2>&1 && mount --bind /mnt/inspect/workspace /newroot/mnt/view/workspace 2>&1); then
+        echo "error: its layers do not assemble: $err" >/newroot/run/pyro-inspect
+    else
+        echo ok >/newroot/run/pyro-inspect
+    fi
+}
+
 # Loopback always; eth0 only when the VM has a NIC (pyro.net=ADDRESS/PREFIX,GATEWAY). The guest
 # speaks IPv4 only: its network filters IPv6 by having none. The gateway is also its resolver.
 ip link set lo up

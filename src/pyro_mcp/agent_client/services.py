@@ -186,6 +186,17 @@ def published(client: GuestClient) -> dict[str, tuple[str, list[PublishedPort]]]
     return found
 
 
+def adopt_ports(
+    client: GuestClient, name: str, run_id: str, ports: list[dict[str, Any]]
+) -> list[PublishedPort]:
+    """Relay `ports` ({guest_port, host_port}) again to run `run_id`, which still runs (its
+    VM was resumed); a taken host port is a ConflictError."""
+    params = {"name": name, "run_id": run_id, "ports": ports}
+    with guest_conflicts():
+        result = client.request("ports.adopt", params, timeout=CALL_TIMEOUT)
+    return _ports(result.get("published_ports"))
+
+
 def close_ports(client: GuestClient, name: str, run_id: str) -> int:
     result = client.request("ports.close", {"name": name, "run_id": run_id}, timeout=CALL_TIMEOUT)
     return count(result, "closed", sp.MAX_PUBLISHED_PORTS)

@@ -84,10 +84,13 @@ def register(commands: Any) -> None:
     _register_lifecycle(sub)
     _register_exec_and_transfer(sub)
     _register_files(sub)
-    from pyro_mcp.cli import workspace_service, workspace_shell  # modules of their own
+    # modules of their own
+    from pyro_mcp.cli import workspace_disk, workspace_service, workspace_shell, workspace_snapshot
 
     workspace_shell.register(sub)
     workspace_service.register(sub)
+    workspace_snapshot.register(sub)
+    workspace_disk.register(sub)
 
 
 def _register_create(sub: Any) -> None:
@@ -179,21 +182,7 @@ def _register_exec_and_transfer(sub: Any) -> None:
 
 def _register_files(sub: Any) -> None:
     files = group(sub, "file", "list, read and write workspace files", parser_class=Intermixed)
-
-    listing = _on_workspace(files, "list", "list files under a path", _file_list)
-    listing.add_argument(
-        "path", metavar="PATH", nargs="?", default="/workspace", help="default: /workspace"
-    )
-    listing.add_argument("--recursive", action="store_true", help="descend into directories")
-
-    read = leaf(files, "read", "print a file", _file_read, json_flag=False)
-    read.add_argument("workspace_id", metavar="WORKSPACE_ID")
-    read.add_argument("path", metavar="PATH")
-    read.add_argument("--max-bytes", type=int, default=65536, help="read at most this much")
-    output = read.add_mutually_exclusive_group()
-    output.add_argument("--content-only", action="store_true", help="no trailer on stderr")
-    output.add_argument("--json", action="store_true", help="print the result as JSON")
-
+    add_readers(files, "file")
     write = _on_workspace(files, "write", "write a text file", _file_write)
     write.add_argument("path", metavar="PATH")
     text = write.add_mutually_exclusive_group(required=True)
@@ -336,13 +325,13 @@ def _delete(args: argparse.Namespace) -> int:
 
 def _stop(args: argparse.Namespace) -> int:
     workspace = sdk().stop_workspace(args.workspace_id)
-    show(workspace, args.json, lambda ws: render.summary(ws, "Stopped workspace ID"))
+    show(workspace, args.json, render.stop_summary)
     return 0
 
 
 def _start(args: argparse.Namespace) -> int:
     workspace = sdk().start_workspace(args.workspace_id, on_phase=_phases(args))
-    show(workspace, args.json, lambda ws: render.summary(ws, "Started workspace ID"))
+    show(workspace, args.json, render.start_summary)
     return 0
 
 
@@ -398,20 +387,47 @@ def _patch_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_readers(files: Any, kind: str) -> None:
+    """`list` and `read` under `files`: of a started workspace's files (kind "file") or of
+    a stopped one's disk ("disk")."""
+    listing = _on_workspace(files, "list", "list files under a path", _file_list)
+    listing.add_argument(
+        "path", metavar="PATH", nargs="?", default="/workspace", help="default: /workspace"
+    )
+    listing.add_argument("--recursive", action="store_true", help="descend into directories")
+    read = leaf(files, "read", "print a file", _file_read, json_flag=False)
+    read.add_argument("workspace_id", metavar="WORKSPACE_ID")
+    read.add_argument("path", metavar="PATH")
+    read.add_argument("--max-bytes", type=int, default=65536, help="read at most this much")
+    output = read.add_mutually_exclusive_group()
+    output.add_argument("--content-only", action="store_true", help="no trailer on stderr")
+    output.add_argument("--json", action="store_true", help="print the result as JSON")
+    for parser in (listing, read):
+        parser.set_defaults(reader_kind=kind)
+
+
+_READERS = {
+    "file": ("list_workspace_files", "read_workspace_file"),
+    "disk": ("list_workspace_disk", "read_workspace_disk"),
+}
+
+
 def _file_list(args: argparse.Namespace) -> int:
-    result = sdk().list_workspace_files(args.workspace_id, path=args.path, recursive=args.recursive)
+    method = getattr(sdk(), _READERS[args.reader_kind][0])
+    result = method(args.workspace_id, path=args.path, recursive=args.recursive)
     show(result, args.json, render.file_list)
     return 0
 
 
 def _file_read(args: argparse.Namespace) -> int:
-    result = sdk().read_workspace_file(args.workspace_id, args.path, max_bytes=args.max_bytes)
+    method = getattr(sdk(), _READERS[args.reader_kind][1])
+    result = method(args.workspace_id, args.path, max_bytes=args.max_bytes)
     if args.json:
         emit_json(result)
         return 0
     render.file_content(result["content"])
     if not args.content_only:
-        render.file_read_trailer(result)
+        render.file_read_trailer(result, f"workspace-{args.reader_kind}-read")
     return 0
 
 

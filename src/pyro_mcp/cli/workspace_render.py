@@ -103,6 +103,24 @@ def _network_text(ws: dict[str, Any]) -> str:
     return f"{ws['network_policy']} (guest {ws['guest_ip']}; allowed: {allowed})"
 
 
+def stop_summary(ws: dict[str, Any]) -> None:
+    summary(ws, "Stopped workspace ID")
+    stop = ws.get("workspace_stop") or {}
+    if stop.get("memory_kept"):
+        print("Memory: kept (start resumes every process where it was)")
+    elif stop.get("note"):
+        print(f"Memory: not kept: {stop['note']}")
+
+
+def start_summary(ws: dict[str, Any]) -> None:
+    summary(ws, "Started workspace ID")
+    start = ws.get("workspace_start") or {}
+    if start.get("resumed"):
+        print("Start: resumed where it stopped")
+    elif start.get("note"):
+        print(f"Start: booted fresh from the disk: {start['note']}")
+
+
 def reset_summary(ws: dict[str, Any]) -> None:
     summary(ws)
     reset = ws["workspace_reset"]
@@ -234,9 +252,9 @@ def file_content(content: str) -> None:
     sys.stdout.flush()
 
 
-def file_read_trailer(result: dict[str, Any]) -> None:
+def file_read_trailer(result: dict[str, Any], tag: str = "workspace-file-read") -> None:
     tag_line(
-        "workspace-file-read",
+        tag,
         sys.stderr,
         workspace_id=result["workspace_id"],
         path=result["path"],

@@ -29,6 +29,7 @@ IMAGE_BUILD_TOOLS = (
 )
 
 QEMU = Tool("qemu-system-x86_64", "qemu-system-x86", "runs VMs with KVM or TCG")
+QEMU_IMG = Tool("qemu-img", "qemu-utils", "keeps workspace disks with copy-on-write snapshots")
 
 NFT = Tool("nft", "nftables", "filters and NATs guest traffic")
 

@@ -79,10 +79,32 @@ DESCRIPTIONS = {
     ),
     "workspace_delete": ("Delete a workspace: its VM, disk and command logs. Cannot be undone."),
     "workspace_stop": (
-        "Stop a workspace's VM; its disk and files stay. workspace_start boots it again."
+        "Stop a workspace's VM: its memory, disk and files are kept and it uses no CPU or RAM "
+        "until workspace_start, which resumes every shell, service and process where it was."
     ),
     "workspace_start": (
-        "Boot a stopped workspace on its own disk (slower than a reset: a full boot)."
+        "Resume a stopped workspace where it stopped (workspace_start.resumed true), or boot it "
+        "on its own disk when its memory could not be kept (the note says why)."
+    ),
+    "snapshot_create": (
+        "Snapshot a started workspace's whole disk (packages installed outside /workspace "
+        "too) under snapshot_name; quick whatever the workspace holds. workspace_reset with "
+        "snapshot=snapshot_name goes back to it."
+    ),
+    "snapshot_list": (
+        "List a workspace's snapshots: the baseline first, then named ones, newest first."
+    ),
+    "snapshot_delete": "Delete a named snapshot (the baseline cannot be deleted).",
+    "workspace_disk_export": (
+        "Write a stopped workspace's whole root (as its guest saw it) as one ext4 image to a "
+        "new host path inside the server's allowed roots."
+    ),
+    "workspace_disk_list": (
+        "List a stopped workspace's /workspace from its disk (workspace_file_list needs it "
+        "started). Symlinks are listed, never followed."
+    ),
+    "workspace_disk_read": (
+        "Read a file of a stopped workspace's /workspace from its disk (at most max_bytes)."
     ),
     "workspace_exec": WORKSPACE_EXEC,
     "workspace_sync_push": (
@@ -111,14 +133,15 @@ DESCRIPTIONS = {
         "patch that does not apply changes nothing."
     ),
     "workspace_reset": (
-        "Put /workspace back to its baseline in a fresh VM (packages installed outside "
-        "/workspace are gone too). Command history is kept."
+        "Put the workspace back in a fresh VM: to its baseline (snapshot='baseline', the default: "
+        "packages installed outside /workspace are gone too), or to a named snapshot's whole "
+        "disk. Command history is kept."
     ),
     "shell_open": (
         "Open an interactive shell (bash on a PTY) in a started workspace, for programs that "
         "need a terminal: a REPL, a debugger, `git rebase -i`, a TUI. It lives in the guest "
-        "until shell_close or the workspace stops. Returns shell_id. secret_env {SECRET: ENV} "
-        "puts workspace secrets in its environment."
+        "until shell_close or a reset (a workspace_stop only pauses it). Returns shell_id. "
+        "secret_env {SECRET: ENV} puts workspace secrets in its environment."
     ),
     "shell_read": (
         "Read a shell's output from `cursor` (0 at first, then the next_cursor you got). "

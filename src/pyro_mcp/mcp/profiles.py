@@ -16,6 +16,8 @@ WORKSPACE_FULL = (
     "vm_status", "vm_network_info", "vm_reap_expired", "workspace_stop", "workspace_start",
     "shell_open", "shell_read", "shell_write", "shell_signal", "shell_resize", "shell_close",
     "service_start", "service_list", "service_status", "service_logs", "service_stop",
+    "snapshot_create", "snapshot_list", "snapshot_delete",
+    "workspace_disk_export", "workspace_disk_list", "workspace_disk_read",
 )  # fmt: skip
 PROFILES = {"vm-run": VM_RUN, "workspace-core": WORKSPACE_CORE, "workspace-full": WORKSPACE_FULL}
 DEFAULT_PROFILE = "workspace-full"

@@ -55,6 +55,7 @@ def _cpu_has_virt_flags() -> bool:
 def _qemu() -> dict[str, Any]:
     path = tools.QEMU.path()
     info: dict[str, Any] = {"path": path, "version": None, "install_hint": tools.QEMU.install_hint}
+    info["qemu_img"] = tools.QEMU_IMG.path()  # workspace disks with snapshots need it
     if path:
         try:
             out = subprocess.run(
@@ -190,6 +191,10 @@ def _issues(report: dict[str, Any]) -> list[str]:
         issues.append(f"KVM unusable: {report['kvm']['reason']}")
     if report["qemu"].get("error"):
         issues.append(f"QEMU does not run: {report['qemu']['error']}")
+    if report["qemu"]["path"] and not report["qemu"].get("qemu_img"):
+        issues.append(
+            f"`qemu-img` is missing ({tools.QEMU_IMG.purpose}): {tools.QEMU_IMG.install_hint}"
+        )
     if report["firecracker"].get("error"):
         issues.append(f"Firecracker: {report['firecracker']['error']}")
     elif report["kvm"]["usable"] and not report["firecracker"]["path"]:

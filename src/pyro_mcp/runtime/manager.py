@@ -14,10 +14,13 @@ from pyro_mcp.state.store import StateStore
 
 if TYPE_CHECKING:
     from pyro_mcp.runtime.workspaces.commands import WorkspaceCommands
+    from pyro_mcp.runtime.workspaces.disk_tools import WorkspaceDisk
     from pyro_mcp.runtime.workspaces.files import WorkspaceFiles
     from pyro_mcp.runtime.workspaces.service import WorkspaceService
     from pyro_mcp.runtime.workspaces.services import WorkspaceServices
     from pyro_mcp.runtime.workspaces.shells import WorkspaceShells
+    from pyro_mcp.runtime.workspaces.snapshots import WorkspaceSnapshots
+    from pyro_mcp.runtime.workspaces.updates import WorkspaceUpdates
 
 
 class VmManager:
@@ -60,6 +63,24 @@ class VmManager:
         from pyro_mcp.runtime.workspaces.services import WorkspaceServices
 
         return WorkspaceServices(self.workspaces)
+
+    @cached_property
+    def disk(self) -> WorkspaceDisk:
+        from pyro_mcp.runtime.workspaces.disk_tools import WorkspaceDisk
+
+        return WorkspaceDisk(self.workspaces)
+
+    @cached_property
+    def snapshots(self) -> WorkspaceSnapshots:
+        from pyro_mcp.runtime.workspaces.snapshots import WorkspaceSnapshots
+
+        return WorkspaceSnapshots(self.workspaces)
+
+    @cached_property
+    def updates(self) -> WorkspaceUpdates:
+        from pyro_mcp.runtime.workspaces.updates import WorkspaceUpdates
+
+        return WorkspaceUpdates(self.workspaces)
 
     def prune(self) -> dict[str, Any]:
         """Remove stale environment installs and artefacts, and snapshots nothing can use."""

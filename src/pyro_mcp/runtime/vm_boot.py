@@ -19,6 +19,7 @@ from pyro_mcp.runtime.snapshots import SnapshotCache, snapshot_key
 from pyro_mcp.state.store import StateStore
 from pyro_mcp.supervisor.config import SupervisorConfig
 from pyro_mcp.supervisor.main import make_backend
+from pyro_mcp.vmm import qcow2
 from pyro_mcp.vmm.base import Snapshot, VmSpec
 from pyro_mcp.vmm.disks import clone_disk, make_disk
 
@@ -33,17 +34,41 @@ def disk_file(row: dict[str, Any]) -> Path:
 
 
 def writable_disk(row: dict[str, Any], snapshot: Snapshot | None) -> Path | None:
-    """The VM's own disk: a sparse copy of the snapshot's, or a new one for a cold boot."""
+    """The VM's own disk: a sparse copy of the snapshot's, or a new one for a cold boot; a
+    qcow2 image (for snapshots of its own) when its path says so."""
     if not row["disk_mib"]:
         return None
     disk = disk_file(row)
     if disk.exists():  # already made for this start (a standby claimed it, for one)
         return disk
-    if snapshot is not None and snapshot.disk is not None:
+    if disk.suffix == qcow2.SUFFIX:
+        _make_qcow2(disk, snapshot, int(row["disk_mib"]))
+    elif snapshot is not None and snapshot.disk is not None:
         clone_disk(snapshot.disk, disk)
     else:
         make_disk(disk, int(row["disk_mib"]))
     return disk
+
+
+def _inspected(disk: Path, vm_dir: Path) -> Path:
+    """What a helper VM gets of another VM's disk: a throwaway overlay in its own directory,
+    so its kernel may replay the file system's journal while the disk itself is only read."""
+    image = vm_dir / "inspect.qcow2"
+    image.unlink(missing_ok=True)
+    qcow2.overlay(disk, image)
+    return image
+
+
+def _make_qcow2(disk: Path, snapshot: Snapshot | None, size_mib: int) -> None:
+    if snapshot is not None and snapshot.disk is not None:
+        qcow2.from_raw(snapshot.disk, disk)
+        return
+    raw = disk.with_suffix(".raw")
+    try:
+        make_disk(raw, size_mib)
+        qcow2.from_raw(raw, disk)
+    finally:
+        raw.unlink(missing_ok=True)
 
 
 class VmBoot:
@@ -84,10 +109,13 @@ class VmBoot:
         choice: BackendChoice,
         snapshot: Snapshot | None,
         note: str,
+        *,
+        resume: Path | None = None,
+        helper: tuple[Path, Path | None] | None = None,
     ) -> None:
         """Start the VM's supervisor and wait until its guest answers; `note` says why there
-        is no snapshot, if there is none."""
-        config = self.config(row, installed, choice, snapshot)
+        is no snapshot, if there is none. With `resume`, run that suspended VM's state."""
+        config = self.config(row, installed, choice, snapshot, resume=resume, helper=helper)
         sup, ready_fd = launch.spawn_supervisor(config)
         self.store.update_vm(
             row["vm_id"],
@@ -140,6 +168,8 @@ class VmBoot:
         snapshot: Snapshot | None,
         *,
         standby_vm: bool = False,
+        resume: Path | None = None,
+        helper: tuple[Path, Path | None] | None = None,
     ) -> SupervisorConfig:
         vm_id = row["vm_id"]
         vm_dir = paths.ensure_private_dir(Path(row["vm_dir"]))
@@ -153,6 +183,8 @@ class VmBoot:
             row["mem_mib"],
             f"pyro-{vm_id[:8]}",
             rw_disk=writable_disk(row, snapshot),
+            inspect_disk=_inspected(helper[0], vm_dir) if helper else None,
+            output_disk=helper[1] if helper else None,
         )
         owner = row.get("owner_pid")
         plan = plan_of(row)
@@ -170,4 +202,5 @@ class VmBoot:
             snapshot_state=str(snapshot.state) if snapshot else None,
             standby=standby_vm,
             network=plan.to_json() if plan else None,
+            resume_state=str(resume) if resume else None,
         )

@@ -27,7 +27,7 @@ from pyro_mcp.runtime.standby import StandbyPool
 from pyro_mcp.runtime.vm_boot import VmBoot
 from pyro_mcp.runtime.vm_views import vm_view
 from pyro_mcp.state.store import StateStore
-from pyro_mcp.supervisor.main import remove_vm_files
+from pyro_mcp.supervisor.main import make_backend, remove_vm_files
 
 Phase = Callable[[str], None]
 
@@ -111,8 +111,18 @@ class VmService:
             self.store.delete_vm(vm_id)
             raise
 
-    def start_vm(self, vm_id: str, *, on_phase: Phase | None = None) -> dict[str, Any]:
-        """Boot the VM (or claim a standby one) and wait until its guest agent answers."""
+    def start_vm(
+        self,
+        vm_id: str,
+        *,
+        on_phase: Phase | None = None,
+        _resume: tuple[Path, str] | None = None,
+        _inspect: tuple[Path, Path | None] | None = None,
+    ) -> dict[str, Any]:
+        """Boot the VM (or claim a standby one) and wait until its guest agent answers;
+        `_resume` (state file, execution mode that wrote it): run a suspended VM instead (a
+        cold boot, with the reason in boot_note, if it cannot). `_inspect` (a disk, an output
+        image or None): boot as a helper VM of the disk tools."""
         row = vm_records.load(self.store, vm_id)
         if row["state"] == "started":
             raise WrongStateError(f"VM {vm_id} is already started")
@@ -123,9 +133,24 @@ class VmService:
             row = vm_records.load(self.store, vm_id)
         installed = self.envs.ensure(row["environment"])
         choice = backends.choose(installed)
+        if _inspect is not None:  # extra disks: no template's devices match
+            note = "a helper VM of the disk tools: cold boot"
+            self.boot.boot(row, installed, choice, None, note, helper=_inspect)
+            return self.status_vm(vm_id)
         snapshot, note = self.boot.warm_snapshot(installed, choice, row, on_phase)
         if on_phase:
             on_phase(f"start execution_mode={choice.execution_mode}")
+        if _resume is not None:
+            state, mode = _resume
+            if (
+                mode == choice.execution_mode
+                and make_backend(choice.name, choice.accel).can_suspend
+            ):
+                self.boot.boot(row, installed, choice, None, "", resume=state)
+            else:
+                why = f"the memory snapshot was made under {mode}, this start runs under "
+                self.boot.boot(row, installed, choice, None, why + choice.execution_mode)
+            return self.status_vm(vm_id)
         # A standby VM has its own disk; a workspace's VM must boot on the workspace's.
         if snapshot is None or not standby.enabled() or row["disk_path"]:
             self.boot.boot(row, installed, choice, snapshot, note)
@@ -134,6 +159,10 @@ class VmService:
                 self.boot.boot(row, installed, choice, snapshot, note)
             self.pool.replenish(self.boot, row, installed, choice, snapshot)
         return self.status_vm(vm_id)
+
+    def backend_for(self, environment: str) -> backends.BackendChoice:
+        """The VMM that would run a VM of `environment` now (building it on first use)."""
+        return backends.choose(self.envs.ensure(environment))
 
     def clear_standby(self) -> dict[str, Any]:
         """Stop every standby VM (they also end by themselves when idle)."""

@@ -32,6 +32,7 @@ COMMAND_COLUMNS = (
     "workspace_id", "sequence", "command", "cwd", "started_at", "recorded_at", "exit_code",
     "duration_ms", "timed_out", "stdout_truncated", "stderr_truncated", "execution_mode", "error",
 )  # fmt: skip
+SNAPSHOT_COLUMNS = ("workspace_id", "snapshot_name", "created_at", "entry_count", "bytes_written")
 SERVICE_COLUMNS = (
     "workspace_id", "service_name", "run_id", "vm_id", "state", "command", "cwd", "started_at",
     "ended_at", "exit_code", "pid", "readiness", "ready_at", "stop_reason", "published_ports",
@@ -165,8 +166,23 @@ def _v3(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v4(conn: sqlite3.Connection) -> None:
+    """Named snapshots of a workspace's disk: what each one held when it was taken (the
+    snapshot itself lives in the workspace's disk image)."""
+    conn.execute(
+        """CREATE TABLE workspace_snapshots (
+    workspace_id TEXT NOT NULL,
+    snapshot_name TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    entry_count INTEGER NOT NULL,
+    bytes_written INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, snapshot_name)
+)"""
+    )
+
+
 # In order: step N takes a database from version N-1 to N. Append only; never edit a step.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
 
 
 def current_version() -> int:

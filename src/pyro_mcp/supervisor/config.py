@@ -30,6 +30,7 @@ class SupervisorConfig:
     snapshot_state: str | None = None
     standby: bool = False  # restored and warmed up ahead of demand, waiting to be claimed
     network: dict[str, Any] | None = None  # a NetworkPlan's JSON; None: no NIC at all
+    resume_state: str | None = None  # a suspended VM's state file: run it instead of booting
 
     def to_json(self) -> str:
         data: dict[str, Any] = asdict(self)
@@ -44,6 +45,7 @@ class SupervisorConfig:
         raw = data.pop("spec")
         for key in ("vm_dir", "kernel", "initramfs", "rootfs"):
             raw[key] = Path(raw[key])
-        raw["rw_disk"] = Path(raw["rw_disk"]) if raw.get("rw_disk") else None
+        for key in ("rw_disk", "inspect_disk", "output_disk"):
+            raw[key] = Path(raw[key]) if raw.get(key) else None
         data["state_root"] = Path(data["state_root"])
         return cls(spec=VmSpec(**raw), **data)

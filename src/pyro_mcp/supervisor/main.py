@@ -75,6 +75,7 @@ class Supervisor:
         self._torn_down = threading.Event()
         self._shutdown_answered = threading.Event()
         self._shutdown_asked = False
+        self._suspended = False
         # What a claim may change: the VM's id, TTL, owner and fate.
         self.vm_id = config.spec.vm_id
         self.expires_at = config.expires_at
@@ -131,14 +132,18 @@ class Supervisor:
         started = time.monotonic()
         self._open_network()
         boot_mode, note = "cold", "no snapshot given"
-        if self.config.snapshot_memory and self.config.snapshot_state:
+        if self.config.resume_state:
+            boot_mode, note = "resumed", "resume"
+        elif self.config.snapshot_memory and self.config.snapshot_state:
+            boot_mode, note = "restored", "restore"
+        if boot_mode != "cold":
             try:
                 sock, info, reader = self._start(restore=True, timeout=RESTORE_TIMEOUT_S)
-                boot_mode, note = "restored", ""
+                note = ""
             except (PyroError, OSError) as exc:  # OSError: the VMM died under our feet
                 if self._stop_reason is not None:  # told to stop: no cold boot either
                     raise
-                note = f"restore failed, cold boot instead: {self._failure(exc)}"
+                boot_mode, note = "cold", f"{note} failed, cold boot instead: {self._failure(exc)}"
                 log.warning(note)
                 self._kill_vmm()
         if boot_mode == "cold":
@@ -196,7 +201,9 @@ class Supervisor:
     ) -> tuple[socket.socket, dict[str, Any], frames.FrameReader]:
         deadline = time.monotonic() + timeout
         console = self.spec.vm_dir / CONSOLE_LOG
-        if restore:
+        if restore and self.config.resume_state:
+            self.vmm = self.backend.resume(self.spec, console, Path(self.config.resume_state))
+        elif restore:
             snapshot = Snapshot(
                 Path(str(self.config.snapshot_memory)), Path(str(self.config.snapshot_state))
             )
@@ -303,6 +310,12 @@ class Supervisor:
             return {"stopped": self._torn_down.wait(SHUTDOWN_WAIT_S)}
         if op == "vm.claim":
             return self._claim(params)
+        if op == "vm.suspend":
+            return self._suspend(Path(str(params["state"])))
+        if op == "disk.snapshot":
+            name, delete = str(params["name"]), bool(params.get("delete"))
+            self.backend.disk_snapshot(self.spec, name, delete=delete)
+            return {"name": name, "deleted": delete}
         if op.startswith("ports."):
             return self.ports.handle(op, params)
         if op == "net.allow":
@@ -312,9 +325,36 @@ class Supervisor:
             return describe(self.network.plan)
         return {"vm_id": self.vm_id, "clients": self.relay.client_count() if self.relay else 0}
 
+    def _suspend(self, state: Path) -> dict[str, Any]:
+        """Write the whole running VM (RAM, devices) to `state`, then end it: the VMM is
+        paused from the end of the write until the teardown kills it."""
+        if not self.backend.can_suspend:
+            raise VmmError(f"the {self.backend.name} backend cannot suspend a VM")
+        assert self.relay is not None
+        self.relay.detach_guest()
+        # As before a template snapshot: the agent must see the host leave, so the resumed
+        # agent waits for a new host instead of answering the old one.
+        time.sleep(0.1)
+        started = time.monotonic()
+        try:
+            # Made here, private: the VMM's writer only truncates it (it keeps the mode).
+            os.close(os.open(state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
+            os.chmod(state, 0o600)
+            self.backend.suspend(self.spec, state)
+        except BaseException:
+            state.unlink(missing_ok=True)
+            self.request_stop("suspend_failed: the VM could not be written out")
+            raise
+        suspend_ms = round((time.monotonic() - started) * 1000)
+        log.info("suspended to %s in %d ms", state, suspend_ms)
+        self._suspended = True  # the VM ends once the answer is out: _after_local
+        return {"suspend_ms": suspend_ms, "state_bytes": state.stat().st_size}
+
     def _after_local(self, op: str) -> None:
         if op == "vm.shutdown":
             self._shutdown_answered.set()
+        if op == "vm.suspend" and self._suspended:
+            self.request_stop("stopped: suspended")
 
     def _claim(self, params: dict[str, Any]) -> dict[str, Any]:
         """Hand a standby VM to its user: new id, TTL, owner and fate."""

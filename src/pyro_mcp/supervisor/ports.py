@@ -235,6 +235,8 @@ class ServicePorts:
         try:
             if op == "ports.publish":
                 return self.publish(params)
+            if op == "ports.adopt":
+                return self.adopt(params)
             if op == "ports.close":
                 ops.check_keys(params, {"name", "run_id"})
                 name = sp.check_name(params.get("name"))
@@ -276,6 +278,21 @@ class ServicePorts:
             "service": agent_services.record_json(record),
             "published_ports": [forward.describe() for forward in forwards],
         }
+
+    def adopt(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Bind the ports of a service that already runs (in a resumed VM) and relay while
+        it does; a run that has ended closes them again at once."""
+        ops.check_keys(params, {"name", "run_id", "ports"})
+        name, run_id = sp.check_name(params.get("name")), sp.parse_run_id(params.get("run_id"))
+        specs = sp.parse_ports(params.get("ports"))
+        if self._connect is None:
+            raise frames.OpError(frames.ERR_INVALID_ARGUMENT, NO_NETWORK)
+        with self._lock:
+            if name in self._published:
+                raise frames.OpError(sp.ERR_CONFLICT, f"service {name!r} has published ports")
+        forwards = self._bind(specs, self._connect)
+        self._keep(name, run_id, forwards)
+        return {"published_ports": [forward.describe() for forward in forwards]}
 
     @staticmethod
     def _bind(specs: list[sp.PortSpec], connect: Connector) -> list[Forward]:

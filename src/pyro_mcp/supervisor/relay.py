@@ -24,8 +24,8 @@ log = logging.getLogger("pyro.supervisor")
 
 # Requests the supervisor answers itself instead of forwarding.
 LOCAL_OPS = (
-    "hello", "vm.status", "vm.shutdown", "vm.claim", "net.allow",
-    "ports.publish", "ports.close", "ports.list",
+    "hello", "vm.status", "vm.shutdown", "vm.claim", "vm.suspend", "disk.snapshot", "net.allow",
+    "ports.publish", "ports.adopt", "ports.close", "ports.list",
 )  # fmt: skip
 
 
@@ -65,8 +65,15 @@ class Relay:
         self.on_guest_lost: Callable[[str], None] = lambda reason: None
         self.local_handler: Callable[[str, dict[str, Any]], dict[str, Any]] = lambda op, p: {}
         self.after_local: Callable[[str], None] = lambda op: None
+        self.detached = False
 
     # --- guest side ------------------------------------------------------------------------
+
+    def detach_guest(self) -> None:
+        """Hang up on the guest on purpose (before a suspend): its agent sees the host leave,
+        and the clients, the one asking for the suspend among them, stay connected."""
+        self.detached = True
+        self.guest.close()
 
     def run_guest_reader(self, reader: frames.FrameReader) -> None:
         """Forward guest frames until the channel ends; then fail every client."""
@@ -76,6 +83,8 @@ class Relay:
                 self._from_guest(frame)
         except (frames.FrameError, OSError) as exc:
             reason = f"guest agent channel broken: {exc}"
+        if self.detached:
+            return
         self.close_clients()
         self.on_guest_lost(reason)
 

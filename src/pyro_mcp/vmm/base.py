@@ -48,6 +48,10 @@ class VmSpec:
     hostname: str
     rw_disk: Path | None = None  # None: the guest keeps its writable layer in RAM
     nic: GuestNic | None = None  # None: no network device at all
+    # A helper VM for the disk tools: an overlay over another VM's writable disk (that disk
+    # itself is only read), and an empty raw image it may write (an export).
+    inspect_disk: Path | None = None
+    output_disk: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,22 @@ class Backend(Protocol):
         self, spec: VmSpec, console_log: Path, snapshot: Snapshot
     ) -> subprocess.Popen[bytes]:
         """A new VMM process running the snapshot, guest RAM mapped copy-on-write."""
+        ...
+
+    # Suspending: write a running VM (RAM and devices) to one file, paused; resume runs that
+    # file again. Only backends with can_suspend do this.
+    can_suspend: bool
+
+    def suspend(self, spec: VmSpec, state: Path) -> None:
+        """Pause the VM and write all of it to `state`."""
+        ...
+
+    def resume(self, spec: VmSpec, console_log: Path, state: Path) -> subprocess.Popen[bytes]:
+        """A new VMM process running a suspended VM's state file (RAM included)."""
+        ...
+
+    def disk_snapshot(self, spec: VmSpec, name: str, *, delete: bool = False) -> None:
+        """Take (or delete) a copy-on-write snapshot of the running VM's writable disk."""
         ...
 
 

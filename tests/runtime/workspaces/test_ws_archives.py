@@ -543,7 +543,7 @@ def make_sources(top: Path) -> dict[str, Path]:
 @pytest.mark.parametrize("kind", ["file", "dir", "link"])
 def test_place_moves_into_a_free_path(tmp_path: Path, rename_path: str, kind: str) -> None:
     src = make_sources(tmp_path / "staging")[kind]
-    archives._place(src, tmp_path / "out")
+    archives.place(src, tmp_path / "out")
     assert not os.path.lexists(src)
     if kind == "file":
         assert (tmp_path / "out").read_text() == "new file"
@@ -563,7 +563,7 @@ def test_place_never_replaces_what_appeared(
     there(output)  # type: ignore[operator]
     before = sorted(os.listdir(output)) if output.is_dir() and not output.is_symlink() else None
     with pytest.raises(ConflictError, match="output_path already exists"):
-        archives._place(src, output)
+        archives.place(src, output)
     assert os.path.lexists(src)
     if there is existing_file:
         assert output.read_text() == "mine"

@@ -199,7 +199,7 @@ def test_secrets_never_leave_the_guest(
     assert run('echo "${TOKEN-unset} ${API_TOKEN-unset}"', None)["stdout"] == "unset unset\n"
     # the guest has them, and its disk does not (until a command writes one to a file)
     state, cache = Path(os.environ["PYRO_STATE_DIR"]), built_debian12.cache_dir
-    disk = pyro.workspaces.directory(wid) / "disk.ext4"
+    disk = pyro.workspaces.disk_path(pyro.workspaces.row(wid))
     assert not file_leaks(disk)
     got = run('test -n "$T2" && echo mapped', {"API_TOKEN": "T2"})
     assert got["stdout"] == "mapped\n"
@@ -333,8 +333,13 @@ def test_secrets_never_leave_the_guest(
     out.add("reset", pyro.reset_workspace(wid))
     assert run(check)["stdout"].split()[::2] == [sha(TOKEN), sha(DEPLOY)]
     assert not file_leaks(disk), "reset: a fresh disk, and /run is not on it"
-    out.add("stop", pyro.stop_workspace(wid))
-    assert assert_no_leak_on_disk(roots, [store], began) > 0
+    assert out.add("stop", pyro.stop_workspace(wid))["workspace_stop"]["memory_kept"]
+    # Stop kept the guest's memory: its processes (a shell given a secret, the agent) hold the
+    # values there. That file is the guest's RAM, kept like the store: 0600, in the
+    # workspace's own directory, gone at start; the tmpfs copy left the guest before it.
+    memory = pyro.workspaces.directory(wid) / "suspended"
+    assert (memory / "state.bin").stat().st_mode & 0o777 == 0o600
+    assert assert_no_leak_on_disk(roots, [store, memory], began) > 0
     out.add("start", pyro.start_workspace(wid))
     assert run(check)["stdout"].split()[::2] == [sha(TOKEN), sha(DEPLOY)]
     assert run("stat -c %a /run/pyro-secrets", None)["stdout"] == "700\n"

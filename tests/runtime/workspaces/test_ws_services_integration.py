@@ -152,16 +152,17 @@ def test_exits_are_recorded_by_the_guest_and_records_outlive_the_vm(vm_pyro: Pyr
     status = svc.status(wid, "job")
     assert (status["state"], status["exit_code"], status["stop_reason"]) == ("exited", 7, None)
 
-    pyro.stop_workspace(wid)
+    # stop keeps the guest's memory: the keeper waits, paused, and goes on after start
+    assert pyro.stop_workspace(wid)["workspace_stop"]["memory_kept"] is True
     stopped = {s["service_name"]: (s["state"], s["stop_reason"]) for s in svc.list(wid)["services"]}
-    assert stopped == {"job": ("exited", None), "keeper": ("stopped", "workspace_stopped")}
-    assert svc.status(wid, "keeper")["ended_at"] is not None
-    gone = svc.logs(wid, "keeper")  # its logs lived in the stopped guest's memory
-    assert (gone["stdout"], gone["stderr"], gone["truncated"]) == ("", "", True)
-    pyro.start_workspace(wid)
+    assert stopped == {"job": ("exited", None), "keeper": ("running", None)}
+    paused = svc.logs(wid, "keeper")  # its logs are in the stopped guest's memory
+    assert (paused["stdout"], paused["stderr"], paused["truncated"]) == ("", "", True)
+    assert pyro.start_workspace(wid)["workspace_start"]["resumed"] is True
     after_start = svc.list(wid)
-    assert after_start["running_count"] == 0 and after_start["count"] == 2
-    assert svc.stop(wid, "keeper")["stop_reason"] == "workspace_stopped"  # as it was
+    assert after_start["running_count"] == 1 and after_start["count"] == 2
+    assert svc.status(wid, "keeper")["pid"] == keeper["pid"]
+    assert svc.stop(wid, "keeper")["state"] == "stopped"
 
     again = svc.start(wid, "keeper", command="exec sleep 1000")
     assert again["state"] == "running" and again["started_at"] > keeper["started_at"]

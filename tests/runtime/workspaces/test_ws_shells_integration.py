@@ -184,19 +184,21 @@ def test_shells_end_with_the_workspace_vm(vm_pyro: Pyro, leak_guard: LeakGuard) 
     wid = pyro.create_workspace(environment=ENV)["workspace_id"]
     before_reset = Session(shells, wid).sid
     pyro.reset_workspace(wid)
-    with pytest.raises(NotFoundError, match="starts again, resets"):
+    with pytest.raises(NotFoundError, match="when the workspace resets"):
         shells.read(wid, before_reset)
-    before_stop = Session(shells, wid).sid
+    before_stop = Session(shells, wid)
     pyro.stop_workspace(wid)
     with pytest.raises(WrongStateError, match="is stopped"):
-        shells.read(wid, before_stop)
+        shells.read(wid, before_stop.sid)
     with pytest.raises(WrongStateError, match="is stopped"):
         shells.open(wid)
-    pyro.start_workspace(wid)
-    with pytest.raises(NotFoundError, match=f"shell '{before_stop}' does not exist") as caught:
-        shells.read(wid, before_stop)
-    assert "shells end when they are closed and when the workspace stops" in str(caught.value)
+    pyro.start_workspace(wid)  # resumed: the shell goes on
+    assert has_line(before_stop.run("echo resumed", "m7"), "resumed")
+    pyro.reset_workspace(wid)
+    with pytest.raises(NotFoundError, match=f"shell '{before_stop.sid}' does not exist") as caught:
+        shells.read(wid, before_stop.sid)
+    assert "shells end when they are closed and when the workspace resets" in str(caught.value)
     again = Session(shells, wid)
     assert has_line(again.run("echo again", "m8"), "again")
     listed = json.dumps(pyro.status_workspace(wid))  # nothing of shells is kept on the host
-    assert before_stop not in listed and again.sid not in listed
+    assert before_stop.sid not in listed and again.sid not in listed

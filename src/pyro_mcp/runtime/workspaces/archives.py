@@ -379,7 +379,7 @@ def extract_export(
             unpacked = _unpack(tar, members, staging, artifact_type)
             if redactor is not None and redactor.active:
                 redact_files(unpacked, redactor)
-            _place(unpacked, output)
+            place(unpacked, output)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return Exported(artifact_type, count, size)
@@ -466,7 +466,7 @@ def _taken(output: Path) -> ConflictError:
     )
 
 
-def _place(src: Path, dst: Path) -> None:
+def place(src: Path, dst: Path) -> None:
     """Rename src to dst, never replacing anything that appeared at dst since it was checked."""
     renameat2 = _renameat2()
     if renameat2 is not None:

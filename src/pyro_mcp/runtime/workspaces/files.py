@@ -39,17 +39,17 @@ def _check_max_bytes(max_bytes: Any) -> int:
     return max_bytes
 
 
-class WorkspaceFiles:
+class FileReader:
+    """list and read through a guest that `_client` provides: the workspace's own (here), or
+    a helper VM reading its stopped disk (disk_tools.py)."""
+
     def __init__(self, service: WorkspaceService) -> None:
         self.service = service
 
-    @contextlib.contextmanager
-    def _client(self, workspace_id: str, op: str) -> Iterator[tuple[dict[str, Any], GuestClient]]:
-        with (
-            self.service.using(workspace_id, op) as (row, vm_dir),
-            launch.connect(vm_dir) as client,
-        ):
-            yield row, client
+    def _client(
+        self, workspace_id: str, op: str
+    ) -> contextlib.AbstractContextManager[tuple[dict[str, Any], GuestClient]]:
+        raise NotImplementedError
 
     def list(
         self, workspace_id: str, *, path: str = records.WORKSPACE_PATH, recursive: bool = False
@@ -96,6 +96,18 @@ class WorkspaceFiles:
             "truncated": got.truncated,
             "execution_mode": row["execution_mode"],
         }
+
+
+class WorkspaceFiles(FileReader):
+    """The file operations of a started workspace."""
+
+    @contextlib.contextmanager
+    def _client(self, workspace_id: str, op: str) -> Iterator[tuple[dict[str, Any], GuestClient]]:
+        with (
+            self.service.using(workspace_id, op) as (row, vm_dir),
+            launch.connect(vm_dir) as client,
+        ):
+            yield row, client
 
     def write(self, workspace_id: str, path: str, *, text: str) -> dict[str, Any]:
         """Create or replace a text file atomically (parents are created)."""

@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from pyro_mcp.agent_client.files import ArchiveResult
 from pyro_mcp.environments.blobs import remove_tree
 from pyro_mcp.errors import (
     GuestError,
-    InvalidArgumentError,
     NotFoundError,
     PyroError,
     WrongStateError,
@@ -32,14 +31,16 @@ from pyro_mcp.runtime import network as net
 from pyro_mcp.runtime.arguments import check_range
 from pyro_mcp.runtime.vm_views import vm_metadata
 from pyro_mcp.runtime.vms import VmService
-from pyro_mcp.runtime.workspaces import archives, diff, locks, records
+from pyro_mcp.runtime.workspaces import archives, diff, locks, records, snapshots, suspend
 from pyro_mcp.runtime.workspaces import secrets as ws_secrets
 from pyro_mcp.state import services as service_rows
+from pyro_mcp.state import snapshots as snapshot_rows
 from pyro_mcp.state import vms as vm_rows
 from pyro_mcp.state import workspaces as rows
 from pyro_mcp.vmm.disks import DEFAULT_DISK_MIB
 
-DISK = "disk.ext4"
+DISK = "disk.ext4"  # raw: for a VMM that takes no disk snapshots (Firecracker)
+DISK_QCOW2 = "disk.qcow2"
 BASELINE_TAR = "baseline.tar"
 BASELINE_MANIFEST = "baseline.json"
 # How long a call waits for another process's lifecycle change (a cold boot under TCG is the
@@ -56,6 +57,21 @@ class WorkspaceService:
 
     def directory(self, workspace_id: str) -> Path:
         return self.store.workspace_dir(workspace_id)
+
+    def disk_path(self, row: Mapping[str, Any]) -> Path:
+        """The workspace's writable disk: the one it has, else the kind its VMM keeps
+        snapshots in (qcow2 under QEMU)."""
+        directory = self.directory(row["workspace_id"])
+        for name in (DISK_QCOW2, DISK):
+            if (directory / name).exists():
+                return directory / name
+        qemu = self.vms.backend_for(row["environment"]).name == "qemu"
+        return directory / (DISK_QCOW2 if qemu else DISK)
+
+    @staticmethod
+    def seed(row: Mapping[str, Any]) -> dict[str, Any]:
+        seed: dict[str, Any] = json.loads(row["seed"])
+        return seed
 
     def known_directory(self, workspace_id: str) -> Path:
         """The directory of a workspace that exists (NotFoundError otherwise); no
@@ -297,7 +313,7 @@ class WorkspaceService:
         """Start a VM on the workspace's disk and unpack the baseline into /workspace (the
         caller holds both locks). The first time, the baseline manifest is taken too."""
         workspace_id, directory = row["workspace_id"], self.directory(row["workspace_id"])
-        (directory / DISK).unlink(missing_ok=True)  # a fresh disk: the warm snapshot's copy
+        snapshots.fresh_disk(self.store, workspace_id, self.disk_path(row))
         vm = self._boot(row, on_phase)
         if on_phase:
             on_phase("seed /workspace")
@@ -316,8 +332,15 @@ class WorkspaceService:
         self._started(workspace_id, vm, **fields)
         return done
 
-    def _boot(self, row: Mapping[str, Any], on_phase: Phase | None) -> dict[str, Any]:
-        """A started VM whose writable disk is the workspace's (made afresh if missing)."""
+    def _boot(
+        self,
+        row: Mapping[str, Any],
+        on_phase: Phase | None,
+        *,
+        resume: tuple[Path, str] | None = None,
+    ) -> dict[str, Any]:
+        """A started VM whose writable disk is the workspace's (made afresh if missing);
+        `resume` runs a suspended VM of the workspace instead (see suspend.py)."""
         directory = self.directory(row["workspace_id"])
         vm = self.vms.create_vm(
             environment=row["environment"],
@@ -325,14 +348,14 @@ class WorkspaceService:
             mem_mib=row["mem_mib"],
             ttl_seconds=row["ttl_seconds"],
             _disk_mib=DEFAULT_DISK_MIB,
-            _disk_path=directory / DISK,
+            _disk_path=self.disk_path(row),
             _workspace_id=row["workspace_id"],
             _expires_at=row["expires_at"],
             network=row["network_policy"] != "off",
             _allow_hosts=json.loads(row["allow_hosts"]),
         )
         try:
-            self.vms.start_vm(vm["vm_id"], on_phase=on_phase)
+            self.vms.start_vm(vm["vm_id"], on_phase=on_phase, _resume=resume)
             started = self.store.get_vm(vm["vm_id"])
             assert started is not None
             ws_secrets.install(directory, Path(started["vm_dir"]))
@@ -386,54 +409,84 @@ class WorkspaceService:
         )
 
     def stop(self, workspace_id: str) -> dict[str, Any]:
-        """End the workspace's VM; its disk (and whatever was installed) stays for start."""
+        """End the workspace's VM, keeping its memory when the backend can (start resumes
+        every process); its disk (and whatever was installed) stays either way."""
+        stopped: dict[str, Any] = {"memory_kept": False, "note": "the workspace was stopped"}
         with self._changing(workspace_id, "stopping") as row:
             if row["state"] == "started":
-                self._halt(row, "stopping", "stopped: stop_workspace", sync=True)
+                self.store.update("workspaces", workspace_id, state="stopping")
                 with self._use_exclusive(workspace_id):
+                    vm = self.store.get_vm(row["vm_id"] or "")
+                    why = suspend.suspend(self.directory(workspace_id), row, vm) if vm else ""
+                    stopped = {"memory_kept": why is None, "note": why or ""}
+                    self._halt(row, "stopping", "stopped: stop_workspace", sync=why is not None)
                     self.store.update(
-                        "workspaces",
-                        workspace_id,
-                        state="stopped",
+                        "workspaces", workspace_id, state="stopped",
                         stop_reason="stopped: stop_workspace",
-                    )
-                    service_rows.end_running(
-                        self.store, workspace_id, "workspace_stopped", time.time()
-                    )
-        return self.view(workspace_id)
+                    )  # fmt: skip
+                    if why is not None:  # nothing runs any more
+                        service_rows.end_running(
+                            self.store, workspace_id, "workspace_stopped", time.time()
+                        )
+        return {**self.view(workspace_id), "workspace_stop": stopped}
 
     def start(self, workspace_id: str, *, on_phase: Phase | None = None) -> dict[str, Any]:
-        """Boot a stopped workspace on its own disk (a cold boot: the disk holds its data)."""
+        """Resume a stopped workspace where it stopped, or boot it on its own disk when its
+        memory was not kept or cannot be used (the result says why)."""
+        started: dict[str, Any] = {"resumed": False, "note": "the workspace was running"}
         with self._changing(workspace_id, "starting") as row:
             if row["state"] != "started":
                 self.store.update("workspaces", workspace_id, state="starting")
                 with self._use_exclusive(workspace_id):
-                    vm = self._boot(row, on_phase)
-                    self._started(workspace_id, vm, state="started", stop_reason=None)
-        return self.view(workspace_id)
+                    started = self._start(row, on_phase)
+        return {**self.view(workspace_id), "workspace_start": started}
+
+    def _start(self, row: Mapping[str, Any], on_phase: Phase | None) -> dict[str, Any]:
+        workspace_id, directory = row["workspace_id"], self.directory(row["workspace_id"])
+        plan = suspend.plan(directory, row)
+        resume = (plan.state, row["execution_mode"]) if plan.state else None
+        try:
+            vm = self._boot(row, on_phase, resume=resume)
+        finally:
+            suspend.discard(directory)  # used once, whatever happened
+        resumed = vm["boot_mode"] == "resumed"
+        notes = [plan.note or str(vm.get("boot_note") or "")] if not resumed else []
+        if resumed:
+            notes += suspend.after_resume(Path(vm["vm_dir"]), plan.ports)
+        else:
+            service_rows.end_running(self.store, workspace_id, "workspace_stopped", time.time())
+        self._started(workspace_id, vm, state="started", stop_reason=None)
+        return {"resumed": resumed, "note": "; ".join(n for n in notes if n)}
 
     def reset(
         self, workspace_id: str, *, snapshot: str = "baseline", on_phase: Phase | None = None
     ) -> dict[str, Any]:
-        """A fresh VM and disk with /workspace back at the baseline; command history stays."""
-        if snapshot != "baseline":
-            raise NotFoundError(
-                f"snapshot {snapshot!r} does not exist in workspace {workspace_id}",
-                hint="reset to 'baseline' (named snapshots are not available in this version)",
-            )
+        """A fresh VM on the disk of named snapshot `snapshot`, or on a fresh disk with
+        /workspace back at the baseline; the command history stays."""
+        name = snapshots.check_name(snapshot)
+        if name != snapshots.BASELINE:
+            self.row(workspace_id)  # an unknown workspace is said first
         with self._changing(workspace_id, "resetting") as row:
+            suspend.discard(self.directory(workspace_id))  # a fresh VM: nothing to resume
             self._halt(row, "resetting", "reset: reset_workspace", sync=False)
             with self._use_exclusive(workspace_id):
                 service_rows.end_running(self.store, workspace_id, "workspace_reset", time.time())
-                done = self._boot_with_baseline(row, on_phase, first=False)
+                if name == snapshots.BASELINE:
+                    done = self._boot_with_baseline(row, on_phase, first=False)
+                    counts = (done.entry_count, done.bytes_written)
+                else:
+                    found = snapshots.revert(self.store, workspace_id, self.disk_path(row), name)
+                    vm = self._boot(row, on_phase)
+                    self._started(workspace_id, vm, state="started", stop_reason=None)
+                    counts = (found["entry_count"], found["bytes_written"])
                 rows.count_reset(self.store, workspace_id, time.time())
         result = self.view(workspace_id)
         result["workspace_reset"] = {
-            "snapshot_name": "baseline",
-            "kind": "baseline",
+            "snapshot_name": name,
+            "kind": "baseline" if name == snapshots.BASELINE else "named",
             "destination": records.WORKSPACE_PATH,
-            "entry_count": done.entry_count,
-            "bytes_written": done.bytes_written,
+            "entry_count": counts[0],
+            "bytes_written": counts[1],
         }
         return result
 
@@ -459,6 +512,7 @@ class WorkspaceService:
         """The record, the command history and the directory (disk, baseline, logs)."""
         rows.delete_workspace(self.store, workspace_id)
         service_rows.delete_for_workspace(self.store, workspace_id)
+        snapshot_rows.delete_for_workspace(self.store, workspace_id)
         remove_tree(self.directory(workspace_id))
 
     def _expire(self, row: Mapping[str, Any], *, held: bool = False) -> None:
@@ -472,81 +526,6 @@ class WorkspaceService:
             locks.hold(directory, locks.LIFE, exclusive=True, timeout=0),
         ):
             self._destroy(row["workspace_id"], "ttl_expired")
-
-    def update(
-        self,
-        workspace_id: str,
-        *,
-        name: str | None = None,
-        clear_name: bool = False,
-        labels: Mapping[str, str] | None = None,
-        clear_labels: Iterable[str] | None = None,
-        allow_hosts: Iterable[str] | None = None,
-        clear_allow_hosts: bool = False,
-    ) -> dict[str, Any]:
-        """Change the name, labels or egress allowlist (at once, on a running workspace); an
-        update that changes nothing is refused."""
-        if name is not None and clear_name:
-            raise InvalidArgumentError("pass either name or clear_name, not both")
-        new_name, new_labels = records.check_name(name), records.check_labels(labels)
-        drop = [records.check_label_key(key) for key in (clear_labels or [])]
-        hosts = _allowlist_change(allow_hosts, clear_allow_hosts)
-        self.row(workspace_id)  # exists, not expired
-        if hosts is not None:
-            self._set_allow_hosts(workspace_id, hosts)
-            if name is None and not clear_name and not labels and not clear_labels:
-                return self.view(workspace_id)
-
-        def change(row: dict[str, Any]) -> tuple[str | None, str]:
-            current = json.loads(row["labels"])
-            merged = {k: v for k, v in {**current, **new_labels}.items() if k not in drop}
-            final_name = None if clear_name else (new_name if name is not None else row["name"])
-            if merged == current and final_name == row["name"] and hosts is None:
-                raise InvalidArgumentError(
-                    "the update changes nothing",
-                    hint="pass a new name, clear_name, labels or clear_labels",
-                )
-            return final_name, json.dumps(merged, sort_keys=True)
-
-        try:
-            rows.rename(self.store, workspace_id, change)
-        except LookupError:
-            raise NotFoundError(f"workspace {workspace_id!r} does not exist") from None
-        return self.view(workspace_id)
-
-    def _set_allow_hosts(self, workspace_id: str, hosts: Sequence[str]) -> None:
-        """Record the allowlist and apply it to the running VM, with no lifecycle change
-        swapping the VM meanwhile (a VM started later reads the record)."""
-        directory = self.known_directory(workspace_id)
-        with locks.hold(directory, locks.USE, exclusive=False, timeout=CHANGE_WAIT_S):
-            row = self.row(workspace_id)
-            if row["network_policy"] == "off":
-                raise InvalidArgumentError(
-                    f"workspace {workspace_id} has no network (network_policy 'off')",
-                    hint="an allowlist filters egress: create a workspace with "
-                    "network_policy='egress' to use one",
-                )
-            self.store.update("workspaces", workspace_id, allow_hosts=json.dumps([*hosts]))
-            if row["state"] == "started" and row["vm_id"]:
-                self.vms.set_allow_hosts(row["vm_id"], [*hosts])
-
-
-def _allowlist_change(allow_hosts: Iterable[str] | None, clear: bool) -> list[str] | None:
-    """The new allowlist an update asks for, or None to keep it."""
-    if allow_hosts is not None and clear:
-        raise InvalidArgumentError("pass either allow_hosts or clear_allow_hosts, not both")
-    if clear:
-        return []
-    if allow_hosts is None:
-        return None
-    hosts = net.check_allow_hosts(allow_hosts, True)
-    if not hosts:
-        raise InvalidArgumentError(
-            "allow_hosts is empty",
-            hint="to lift the allowlist (plain egress), pass clear_allow_hosts=True "
-            "(CLI: --clear-allow-hosts)",
-        )
-    return hosts
 
 
 def _seed_view(seed: archives.SeedArchive, entry_count: int, bytes_written: int) -> dict[str, Any]:

@@ -4,7 +4,9 @@ logs and stop, in the contract's shapes; and the host's record of them, which ou
 While the workspace runs its guest is the source of truth: every call copies what the guest
 reports, and which ports the supervisor relays, into the state store. A stopped workspace
 answers from those records; its lifecycle (service.py) marks running ones stopped with
-`workspace_stopped` or `workspace_reset` when the VM goes, so no service is ever forgotten.
+`workspace_stopped` or `workspace_reset` when their processes end with the VM, so no service is
+ever forgotten. A stop that keeps the guest's memory ends none: they wait, paused, and start
+resumes them with their published ports (suspend.py).
 
 A start waits in the guest for as long as its readiness timeout asks; the host's wait is
 derived from it (agent_client.services.start_timeout), never a fixed one. Published ports are
@@ -34,7 +36,7 @@ from pyro_mcp.protocol import ops
 from pyro_mcp.protocol import service_ops as sp
 from pyro_mcp.runtime import launch
 from pyro_mcp.runtime.arguments import Command, command_parts
-from pyro_mcp.runtime.workspaces import records
+from pyro_mcp.runtime.workspaces import records, suspend
 from pyro_mcp.runtime.workspaces import secrets as ws_secrets
 from pyro_mcp.runtime.workspaces.service import WorkspaceService
 from pyro_mcp.state import services as rows
@@ -149,7 +151,10 @@ class WorkspaceServices:
 
     def _end_all(self, workspace_id: str) -> None:
         """No VM, so nothing runs: a record still running missed its VM's end (the lifecycle
-        marks them; a call that died between the two steps did not)."""
+        marks them; a call that died between the two steps did not). Services of a workspace
+        stopped with its memory kept are only paused: start resumes them."""
+        if suspend.held(self.service.directory(workspace_id)):
+            return
         rows.end_running(self.store, workspace_id, "workspace_stopped", time.time())
 
     def _sync(self, row: Mapping[str, Any], client: GuestClient) -> None:

@@ -1,7 +1,8 @@
 """Interactive shells of a started workspace: open, read, write, signal, resize, close.
 
-A shell lives in the guest agent, not on the host: it outlives the process that opened it and
-ends with the workspace's VM (stop, reset, delete, the TTL), so nothing about it is stored here.
+A shell lives in the guest agent, not on the host: it outlives the process that opened it,
+sleeps through a stop that keeps the guest's memory, and ends with the guest (reset, delete,
+the TTL, a start without that memory), so nothing about it is stored here.
 Reads address the output by character offsets (see protocol/shell_ops.py): next_cursor of one
 read is the cursor of the next, and a cursor older than what the guest keeps (the last
 1,048,576 characters) comes back `truncated` from the oldest character kept. The wait for quiet
@@ -23,8 +24,9 @@ from pyro_mcp.runtime.workspaces import records, terminal
 from pyro_mcp.runtime.workspaces.service import WorkspaceService
 
 _GONE_HINT = (
-    "shells end when they are closed and when the workspace stops, starts again, resets or is "
-    "deleted; open a new one with open_shell (CLI: `pyro workspace shell open`)"
+    "shells end when they are closed and when the workspace resets, is deleted, or starts "
+    "without the memory its stop kept; open a new one with open_shell (CLI: `pyro workspace "
+    "shell open`)"
 )
 
 

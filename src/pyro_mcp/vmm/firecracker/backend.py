@@ -54,6 +54,9 @@ class FirecrackerBackend:
 
     name = "firecracker"
     accel = "kvm"
+    # Its snapshots write guest RAM to a file beside the state, which a workspace's stop
+    # does not keep yet: a stopped workspace starts with a cold boot on this backend.
+    can_suspend = False
 
     def __init__(
         self, binary: Path | None = None, jailer: Path | None = None, use_jailer: bool | None = None
@@ -149,6 +152,11 @@ class FirecrackerBackend:
 
         With the jailer, the process returned is the PID-namespace helper (see jail).
         """
+        if spec.inspect_disk is not None or spec.output_disk is not None:
+            raise VmmError(
+                "the Firecracker backend runs no helper VM for the disk tools yet",
+                hint="run them with QEMU: PYRO_BACKEND=qemu",
+            )
         return self._boot(spec, console_log, portable=False)
 
     def start(
@@ -217,6 +225,18 @@ class FirecrackerBackend:
             )
         api = FirecrackerApi(self.api_socket_path(spec), timeout=SNAPSHOT_TIMEOUT_S)
         create_snapshot(api, state, memory, jail_root=self._jail_in_use(spec), jail_uid=self.uid)
+
+    def suspend(self, spec: VmSpec, state: Path) -> None:
+        raise VmmError("the Firecracker backend cannot suspend a VM yet")
+
+    def resume(self, spec: VmSpec, console_log: Path, state: Path) -> Popen[bytes]:
+        raise VmmError("the Firecracker backend cannot resume a suspended VM yet")
+
+    def disk_snapshot(self, spec: VmSpec, name: str, *, delete: bool = False) -> None:
+        raise VmmError(
+            "the Firecracker backend takes no disk snapshots (its disks are raw images)",
+            hint="run the workspace with QEMU (PYRO_BACKEND=qemu) to use named snapshots",
+        )
 
     def restore(self, spec: VmSpec, console_log: Path, snapshot: Snapshot) -> Popen[bytes]:
         """A fresh Firecracker (jailed if so configured) resuming `snapshot`, RAM copy-on-write.
