@@ -21,6 +21,7 @@ from pyro_mcp.errors import ConflictError, InvalidArgumentError, NotFoundError
 from pyro_mcp.runtime import launch
 from pyro_mcp.runtime.workspaces import locks
 from pyro_mcp.state import snapshots as rows
+from pyro_mcp.state.store import StateStore
 from pyro_mcp.vmm import qcow2
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def _named(name: Any) -> str:
     return checked
 
 
-def revert(store: Any, workspace_id: str, disk: Path, name: str) -> dict[str, Any]:
+def revert(store: StateStore, workspace_id: str, disk: Path, name: str) -> dict[str, Any]:
     """Put the stopped disk back to snapshot `name` (the reset's part); its row."""
     row = rows.get(store, workspace_id, name)
     if row is None:
@@ -67,7 +68,7 @@ def revert(store: Any, workspace_id: str, disk: Path, name: str) -> dict[str, An
     return row
 
 
-def fresh_disk(store: Any, workspace_id: str, disk: Path) -> None:
+def fresh_disk(store: StateStore, workspace_id: str, disk: Path) -> None:
     """The disk as the environment made it, for a reset to the baseline: back to its
     template state when it holds named snapshots (kept), else gone (made anew at boot)."""
     if disk.suffix == qcow2.SUFFIX and disk.exists() and rows.list_for(store, workspace_id):

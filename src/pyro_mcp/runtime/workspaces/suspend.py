@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_mcp.agent_client import services as agent_services
+from pyro_mcp.agent_client.client import GuestClient
 from pyro_mcp.agent_client.secrets import install_secrets
 from pyro_mcp.errors import PyroError
 from pyro_mcp.host import tools
@@ -102,7 +103,7 @@ def suspend(workspace_dir: Path, row: Mapping[str, Any], vm: Mapping[str, Any]) 
     return None
 
 
-def _published(client: Any, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _published(client: GuestClient, row: Mapping[str, Any]) -> list[dict[str, Any]]:
     if row["network_policy"] != "egress+published-ports":
         return []
     return [
