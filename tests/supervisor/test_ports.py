@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 
 from framework.agent_harness import short_workdir, start_agent, stop_agent
+from framework.published import http_get
+from framework.published import refused as published_refused
 from framework.sandbox_netns import home_namespace_unchanged, needs_namespaces, netns_sandbox
 from framework.waiting import wait_until
 from pyro_mcp.agent_client import services as agent_services
@@ -254,17 +256,11 @@ def free_port() -> int:
 
 
 def get(port: int) -> bytes:
-    with loopback(port) as conn:
-        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        return read_all(conn)
+    return http_get(port, WAIT)
 
 
 def refused(port: int) -> bool:
-    try:
-        loopback(port).close()
-    except ConnectionRefusedError:
-        return True
-    return False
+    return published_refused(port, WAIT)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 
 from framework.fake_internet import FakeInternet
 from framework.net_vms import assert_no_network_leftovers
+from framework.published import http_get, refused
 from framework.waiting import wait_until
 from pyro_mcp.errors import ConflictError, InvalidArgumentError, NotFoundError
 from pyro_mcp.runtime.workspaces.services import WorkspaceServices, readiness_from_options
@@ -186,23 +187,6 @@ def test_slow_a_90_s_readiness_wait_succeeds(vm_pyro: Pyro) -> None:
 # --- published ports, inside the fake internet -----------------------------------------------
 
 
-def get(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    return data
-
-
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=30).close()
-    except ConnectionRefusedError:
-        return True
-    return False
-
-
 def web(svc: WorkspaceServices, wid: str, name: str, port: int, **options: Any) -> dict[str, Any]:
     return svc.start(
         wid, name, command=f"exec python3 -m http.server {port}",
@@ -222,11 +206,11 @@ def test_published_ports_live_exactly_as_long_as_their_service(
     (port,) = view["published_ports"]
     assert port["host"] == "127.0.0.1" and port["guest_port"] == 8080 and port["protocol"] == "tcp"
     host_port = port["host_port"]
-    assert get(host_port).startswith(b"HTTP/1.0 200")
+    assert http_get(host_port).startswith(b"HTTP/1.0 200")
     svc.status(wid, "web")
     svc.logs(wid, "web")
     assert svc.list(wid)["services"][0]["published_ports"] == [port]
-    assert get(host_port).startswith(b"HTTP/1.0 200")  # status and logs left it open
+    assert http_get(host_port).startswith(b"HTTP/1.0 200")  # status and logs left it open
     stopped = svc.stop(wid, "web")
     assert stopped["published_ports"] == [] and refused(host_port)
 
@@ -250,7 +234,7 @@ def test_published_ports_live_exactly_as_long_as_their_service(
 
     last = web(svc, wid, "last", 8083, published_ports=[{"guest_port": 8083}])
     last_port = last["published_ports"][0]["host_port"]
-    assert get(last_port).startswith(b"HTTP/1.0 200")
+    assert http_get(last_port).startswith(b"HTTP/1.0 200")
     pyro.delete_workspace(wid)
     assert refused(last_port)
     assert_no_network_leftovers(fake_internet, pyro)

@@ -8,11 +8,11 @@ proves afterwards that nothing was left. Nothing asserts a duration.
 from __future__ import annotations
 
 import re
-import socket
 from typing import TYPE_CHECKING
 
 import pytest
 
+from framework.published import http_get
 from framework.waiting import wait_until
 from pyro_mcp.runtime.workspaces import suspend
 from pyro_mcp.sdk import Pyro
@@ -25,15 +25,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
 ENV = "debian:12"
 WAIT = 60.0
-
-
-def get(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
-        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-    return data
 
 
 class Shell:
@@ -64,7 +55,7 @@ def test_stop_start_resumes_services_shells_and_a_repl(
         published_ports=[{"guest_port": 8080}],
     )  # fmt: skip
     host_port, pid = web["published_ports"][0]["host_port"], web["pid"]
-    assert get(host_port).startswith(b"HTTP/1.0 200")
+    assert http_get(host_port).startswith(b"HTTP/1.0 200")
     shell = Shell(pyro, wid)
     pyro.write_shell(wid, shell.sid, input="echo before-stop-$((6*7)); python3 -q")
     shell.read_until(r"before-stop-42\r\n(.|\n)*>>> $")
@@ -87,7 +78,7 @@ def test_stop_start_resumes_services_shells_and_a_repl(
     status = pyro.status_service(wid, "web")
     assert (status["state"], status["pid"]) == ("running", pid)
     assert status["published_ports"][0]["host_port"] == host_port
-    assert get(host_port).startswith(b"HTTP/1.0 200")
+    assert http_get(host_port).startswith(b"HTTP/1.0 200")
     again = pyro.read_shell(wid, shell.sid, cursor=0)["output"]
     assert again.startswith(scrollback[:200]) and "before-stop-42" in again
     shell.text = again
