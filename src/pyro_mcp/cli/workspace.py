@@ -61,9 +61,13 @@ def leaf(
     return parser
 
 
-def _on_workspace(sub: Any, name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
+def on_workspace(
+    sub: Any, name: str, help_text: str, handler: Handler, *more: str
+) -> argparse.ArgumentParser:
+    """A leaf taking WORKSPACE_ID and then each positional of `more` (e.g. "shell_id")."""
     parser = leaf(sub, name, help_text, handler)
-    parser.add_argument("workspace_id", metavar="WORKSPACE_ID")
+    for dest in ("workspace_id", *more):
+        parser.add_argument(dest, metavar=dest.upper())
     return parser
 
 
@@ -129,7 +133,7 @@ def _register_create(sub: Any) -> None:
 def _register_lifecycle(sub: Any) -> None:
     _register_create(sub)
     leaf(sub, "list", "list workspaces, most recently active first", _list)
-    update = _on_workspace(sub, "update", "rename, relabel, or change the allowlist", _update)
+    update = on_workspace(sub, "update", "rename, relabel, or change the allowlist", _update)
     names = update.add_mutually_exclusive_group()
     names.add_argument("--name", help="new name")
     names.add_argument("--clear-name", action="store_true", help="remove the name")
@@ -145,36 +149,34 @@ def _register_lifecycle(sub: Any) -> None:
     hosts.add_argument(
         "--clear-allow-hosts", action="store_true", help="lift the allowlist: plain egress"
     )
-    _on_workspace(sub, "status", "show a workspace", _status)
-    _on_workspace(sub, "logs", "show every command run in a workspace, with output", _logs)
-    _on_workspace(sub, "delete", "delete a workspace and everything in it", _delete)
-    _on_workspace(sub, "stop", "stop a workspace's VM; its disk is kept", _stop)
-    _on_workspace(sub, "start", "boot a stopped workspace again", _start)
-    reset = _on_workspace(sub, "reset", "reboot from a fresh disk, restore a snapshot", _reset)
+    on_workspace(sub, "status", "show a workspace", _status)
+    on_workspace(sub, "logs", "show every command run in a workspace, with output", _logs)
+    on_workspace(sub, "delete", "delete a workspace and everything in it", _delete)
+    on_workspace(sub, "stop", "stop a workspace's VM; its disk is kept", _stop)
+    on_workspace(sub, "start", "boot a stopped workspace again", _start)
+    reset = on_workspace(sub, "reset", "reboot from a fresh disk, restore a snapshot", _reset)
     reset.add_argument("--snapshot", default="baseline", help="snapshot to restore")
 
 
 def _register_exec_and_transfer(sub: Any) -> None:
-    run = _on_workspace(
-        sub, "exec", "run a command: pyro workspace exec ID -- CMD [ARGS...]", _exec
-    )
+    run = on_workspace(sub, "exec", "run a command: pyro workspace exec ID -- CMD [ARGS...]", _exec)
     run.add_argument("--timeout-seconds", type=int, default=30, help="command timeout")
     add_secret_env(run)
     run.set_defaults(wants_command=True)
 
     sync = group(sub, "sync", "copy host files into a workspace")
-    push = _on_workspace(sync, "push", "copy a host directory or archive in", _sync_push)
+    push = on_workspace(sync, "push", "copy a host directory or archive in", _sync_push)
     push.add_argument("source_path", metavar="SOURCE_PATH")
     push.add_argument("--dest", default="/workspace", help="destination inside /workspace")
 
-    export = _on_workspace(sub, "export", "copy a workspace path out to the host", _export)
+    export = on_workspace(sub, "export", "copy a workspace path out to the host", _export)
     export.add_argument("path", metavar="PATH")
     export.add_argument("--output", required=True, help="host path to create (must not exist)")
 
-    _on_workspace(sub, "diff", "show changes against the baseline", _diff)
+    on_workspace(sub, "diff", "show changes against the baseline", _diff)
 
     patch = group(sub, "patch", "change workspace files with a unified diff")
-    apply = _on_workspace(patch, "apply", "apply a unified diff under /workspace", _patch_apply)
+    apply = on_workspace(patch, "apply", "apply a unified diff under /workspace", _patch_apply)
     source = apply.add_mutually_exclusive_group(required=True)
     source.add_argument("--patch", help="the patch text")
     source.add_argument("--patch-file", help="host file holding the patch (UTF-8)")
@@ -183,7 +185,7 @@ def _register_exec_and_transfer(sub: Any) -> None:
 def _register_files(sub: Any) -> None:
     files = group(sub, "file", "list, read and write workspace files", parser_class=Intermixed)
     add_readers(files, "file")
-    write = _on_workspace(files, "write", "write a text file", _file_write)
+    write = on_workspace(files, "write", "write a text file", _file_write)
     write.add_argument("path", metavar="PATH")
     text = write.add_mutually_exclusive_group(required=True)
     text.add_argument("--text", help="the file content")
@@ -390,7 +392,7 @@ def _patch_apply(args: argparse.Namespace) -> int:
 def add_readers(files: Any, kind: str) -> None:
     """`list` and `read` under `files`: of a started workspace's files (kind "file") or of
     a stopped one's disk ("disk")."""
-    listing = _on_workspace(files, "list", "list files under a path", _file_list)
+    listing = on_workspace(files, "list", "list files under a path", _file_list)
     listing.add_argument(
         "path", metavar="PATH", nargs="?", default="/workspace", help="default: /workspace"
     )

@@ -15,8 +15,7 @@ def register(sub: Any) -> None:
     disk = ws.group(
         sub, "disk", "a stopped workspace's disk, read by a helper VM", parser_class=ws.Intermixed
     )
-    export = ws.leaf(disk, "export", "write the root as one ext4 image", _export)
-    export.add_argument("workspace_id", metavar="WORKSPACE_ID")
+    export = ws.on_workspace(disk, "export", "write the root as one ext4 image", _export)
     export.add_argument("--output", required=True, metavar="HOST_PATH", help="a new file")
     ws.add_readers(disk, "disk")
 

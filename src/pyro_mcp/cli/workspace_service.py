@@ -15,8 +15,12 @@ from pyro_mcp.errors import InvalidArgumentError
 
 def register(sub: Any) -> None:
     service = ws.group(sub, "service", "long-running services", parser_class=ws.Intermixed)
-    start = _on_service(
-        service, "start", "start one: pyro workspace service start ID NAME -- CMD", _start
+    start = ws.on_workspace(
+        service,
+        "start",
+        "start one: pyro workspace service start ID NAME -- CMD",
+        _start,
+        "service_name",
     )
     start.add_argument("--cwd", default="/workspace", help="inside /workspace (default)")
     ready = start.add_mutually_exclusive_group()
@@ -32,22 +36,16 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     ws.add_secret_env(start)
     start.set_defaults(wants_command=True)
-    listing = ws.leaf(service, "list", "list a workspace's services", _list)
-    listing.add_argument("workspace_id", metavar="WORKSPACE_ID")
-    _on_service(service, "status", "show a service", _status)
-    logs = _on_service(service, "logs", "print a service's stdout and stderr", _logs)
+    ws.on_workspace(service, "list", "list a workspace's services", _list)
+    ws.on_workspace(service, "status", "show a service", _status, "service_name")
+    logs = ws.on_workspace(
+        service, "logs", "print a service's stdout and stderr", _logs, "service_name"
+    )
     logs.add_argument("--tail-lines", type=int, default=200, help="the last N lines (200)")
     logs.add_argument("--all", action="store_true", help="everything kept")
-    _on_service(service, "stop", "TERM, then KILL, the service's processes", _stop)
-
-
-def _on_service(
-    sub: Any, name: str, help_text: str, handler: ws.Handler
-) -> argparse.ArgumentParser:
-    parser = ws.leaf(sub, name, help_text, handler)
-    parser.add_argument("workspace_id", metavar="WORKSPACE_ID")
-    parser.add_argument("service_name", metavar="SERVICE_NAME")
-    return parser
+    ws.on_workspace(
+        service, "stop", "TERM, then KILL, the service's processes", _stop, "service_name"
+    )
 
 
 def _ports_text(service: dict[str, Any]) -> str:

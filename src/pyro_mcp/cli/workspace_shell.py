@@ -30,7 +30,9 @@ def register(sub: Any) -> None:
     output.add_argument("--json", action="store_true", help="print the result as JSON")
     output.add_argument("--id-only", action="store_true", help="print only the shell ID")
 
-    read = _on_shell(shell, "read", "print the shell's output from a cursor", _read)
+    read = ws.on_workspace(
+        shell, "read", "print the shell's output from a cursor", _read, "shell_id"
+    )
     read.add_argument("--cursor", type=int, default=0, help="from here (a previous next_cursor)")
     read.add_argument("--max-chars", type=int, default=65536, help="at most this many characters")
     read.add_argument("--plain", action="store_true", help="render as a terminal shows it")
@@ -38,25 +40,20 @@ def register(sub: Any) -> None:
         "--wait-for-idle-ms", type=int, help="first wait until output is quiet this long (1-10000)"
     )
 
-    write = _on_shell(shell, "write", "type into the shell", _write)
+    write = ws.on_workspace(shell, "write", "type into the shell", _write, "shell_id")
     write.add_argument("--input", required=True, help="the text to type")
     write.add_argument("--no-newline", action="store_true", help="do not press Enter after it")
 
-    signal = _on_shell(shell, "signal", "signal the shell's foreground job", _signal)
+    signal = ws.on_workspace(
+        shell, "signal", "signal the shell's foreground job", _signal, "shell_id"
+    )
     signal.add_argument("--signal", choices=SIGNALS, default="INT", help="default: INT")
 
-    resize = _on_shell(shell, "resize", "change the shell's window size", _resize)
+    resize = ws.on_workspace(shell, "resize", "change the shell's window size", _resize, "shell_id")
     resize.add_argument("--cols", type=int, required=True)
     resize.add_argument("--rows", type=int, required=True)
 
-    _on_shell(shell, "close", "end the shell and everything it started", _close)
-
-
-def _on_shell(sub: Any, name: str, help_text: str, handler: ws.Handler) -> argparse.ArgumentParser:
-    parser = ws.leaf(sub, name, help_text, handler)
-    parser.add_argument("workspace_id", metavar="WORKSPACE_ID")
-    parser.add_argument("shell_id", metavar="SHELL_ID")
-    return parser
+    ws.on_workspace(shell, "close", "end the shell and everything it started", _close, "shell_id")
 
 
 def _summary(tag: str, shell: dict[str, Any], **extra: Any) -> None:

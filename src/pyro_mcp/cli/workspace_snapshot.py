@@ -13,19 +13,11 @@ from pyro_mcp.cli.workspace_render import tag_line
 
 def register(sub: Any) -> None:
     snapshot = ws.group(sub, "snapshot", "named snapshots of the whole disk")
-    _on_snapshot(snapshot, "create", "snapshot the started workspace's disk", _create)
-    listing = ws.leaf(snapshot, "list", "the baseline, then named snapshots, newest first", _list)
-    listing.add_argument("workspace_id", metavar="WORKSPACE_ID")
-    _on_snapshot(snapshot, "delete", "delete a named snapshot", _delete)
-
-
-def _on_snapshot(
-    sub: Any, name: str, help_text: str, handler: ws.Handler
-) -> argparse.ArgumentParser:
-    parser = ws.leaf(sub, name, help_text, handler)
-    parser.add_argument("workspace_id", metavar="WORKSPACE_ID")
-    parser.add_argument("snapshot_name", metavar="SNAPSHOT_NAME")
-    return parser
+    ws.on_workspace(
+        snapshot, "create", "snapshot the started workspace's disk", _create, "snapshot_name"
+    )
+    ws.on_workspace(snapshot, "list", "the baseline, then named snapshots, newest first", _list)
+    ws.on_workspace(snapshot, "delete", "delete a named snapshot", _delete, "snapshot_name")
 
 
 def _create(args: argparse.Namespace) -> int:
