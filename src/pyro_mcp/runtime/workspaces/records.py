@@ -90,9 +90,10 @@ def workspace_view(
     row: Mapping[str, Any],
     last: Mapping[str, Any] | None,
     services: tuple[int, int] = (0, 0),
+    secrets: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The contract's Workspace shape (plus stop_reason); no host paths in it. `services` is
-    (service_count, running_service_count)."""
+    (service_count, running_service_count), `secrets` its [{name, source_kind}]."""
     return {
         "workspace_id": row["workspace_id"],
         "name": row["name"],
@@ -114,7 +115,7 @@ def workspace_view(
         "execution_mode": row["execution_mode"],
         "workspace_path": WORKSPACE_PATH,
         "workspace_seed": json.loads(row["seed"]),
-        "secrets": [],  # names and kinds live beside the workspace: WorkspaceService.view
+        "secrets": secrets or [],
         "command_count": row["command_count"],
         "last_command": command_view(last),
         "reset_count": row["reset_count"],

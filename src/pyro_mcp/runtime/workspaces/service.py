@@ -155,8 +155,9 @@ class WorkspaceService:
     def view(self, workspace_id: str) -> dict[str, Any]:
         row = self.row(workspace_id)
         services = service_rows.counts_of(self.store, workspace_id)
-        view = records.workspace_view(row, rows.last_command(self.store, workspace_id), services)
-        view["secrets"] = ws_secrets.views(self.directory(workspace_id))
+        last = rows.last_command(self.store, workspace_id)
+        secrets = ws_secrets.views(self.directory(workspace_id))
+        view = records.workspace_view(row, last, services, secrets)
         vm = self.store.get_vm(row["vm_id"]) if row["vm_id"] else None
         if vm is not None:
             view["metadata"] = vm_metadata(vm)
@@ -326,7 +327,7 @@ class WorkspaceService:
                 diff.save_baseline(directory / BASELINE_MANIFEST, client.manifest())
         fields: dict[str, Any] = {"state": "started", "stop_reason": None}
         if first:
-            seed = json.loads(row["seed"])
+            seed = self.seed(row)
             seed.update(entry_count=done.entry_count, bytes_written=done.bytes_written)
             fields["seed"] = json.dumps(seed)
         self._started(workspace_id, vm, **fields)
@@ -450,10 +451,10 @@ class WorkspaceService:
         finally:
             suspend.discard(directory)  # used once, whatever happened
         resumed = vm["boot_mode"] == "resumed"
-        notes = [plan.note or str(vm.get("boot_note") or "")] if not resumed else []
         if resumed:
-            notes += suspend.after_resume(Path(vm["vm_dir"]), plan.ports)
-        else:
+            notes = suspend.after_resume(Path(vm["vm_dir"]), plan.ports)
+        else:  # a fresh boot: nothing that ran before the stop runs now
+            notes = [plan.note or str(vm.get("boot_note") or "")]
             service_rows.end_running(self.store, workspace_id, "workspace_stopped", time.time())
         self._started(workspace_id, vm, state="started", stop_reason=None)
         return {"resumed": resumed, "note": "; ".join(n for n in notes if n)}

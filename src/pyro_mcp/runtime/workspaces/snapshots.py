@@ -87,7 +87,7 @@ class WorkspaceSnapshots:
     def create(self, workspace_id: str, snapshot_name: str) -> dict[str, Any]:
         name = _named(snapshot_name)
         with self.service.using(workspace_id, "snapshot create") as (row, vm_dir):
-            self._disk(workspace_id)  # one that takes snapshots
+            self._disk(row)  # one that takes snapshots
             if rows.get(self.store, workspace_id, name) is not None:
                 raise self._taken(workspace_id, name)
             with launch.connect(vm_dir) as client:
@@ -125,14 +125,14 @@ class WorkspaceSnapshots:
                 "cannot delete the baseline snapshot: it is the workspace's seed",
                 hint="delete the workspace to drop it",
             )
-        with self._held(workspace_id) as vm_dir:
+        with self._held(workspace_id) as (row, vm_dir):
             if rows.get(self.store, workspace_id, name) is None:
                 raise NotFoundError(
                     f"snapshot {name!r} does not exist in workspace {workspace_id}",
                     hint=f"list them with `pyro workspace snapshot list {workspace_id}`",
                 )
             if vm_dir is None:
-                qcow2.delete(self._disk(workspace_id), name)
+                qcow2.delete(self._disk(row), name)
             else:
                 with launch.connect(vm_dir) as client:
                     params = {"name": name, "delete": True}
@@ -143,19 +143,19 @@ class WorkspaceSnapshots:
     # --- machinery -----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _held(self, workspace_id: str) -> Iterator[Path | None]:
-        """No lifecycle change meanwhile; the VM's directory if the workspace runs."""
+    def _held(self, workspace_id: str) -> Iterator[tuple[dict[str, Any], Path | None]]:
+        """No lifecycle change meanwhile: the record, and the VM's directory if it runs."""
         directory = self.service.known_directory(workspace_id)
         with locks.hold(directory, locks.LIFE, exclusive=True, timeout=60.0):
             row = self.service.row(workspace_id, held=True)
             vm = self.store.get_vm(row["vm_id"]) if row["state"] == "started" else None
-            yield Path(vm["vm_dir"]) if vm else None
+            yield row, Path(vm["vm_dir"]) if vm else None
 
-    def _disk(self, workspace_id: str) -> Path:
-        disk = self.service.disk_path(self.service.row(workspace_id))
+    def _disk(self, row: dict[str, Any]) -> Path:
+        disk = self.service.disk_path(row)
         if disk.suffix != qcow2.SUFFIX or not disk.exists():
             raise InvalidArgumentError(
-                f"workspace {workspace_id} has a raw disk, which takes no snapshots",
+                f"workspace {row['workspace_id']} has a raw disk, which takes no snapshots",
                 hint="named snapshots need a workspace created while QEMU runs workspaces",
             )
         return disk

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyro_mcp import paths
 from pyro_mcp.agent_client import services as agent_services
 from pyro_mcp.agent_client.client import GuestClient
 from pyro_mcp.agent_client.secrets import install_secrets
@@ -96,7 +97,7 @@ def suspend(workspace_dir: Path, row: Mapping[str, Any], vm: Mapping[str, Any]) 
             "suspended_at": time.time(),
             "ports": ports,
         }
-        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        paths.write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2).encode())
     except (PyroError, OSError) as exc:
         discard(workspace_dir)
         return f"could not keep the VM's memory ({exc}): stopped it instead"
