@@ -80,9 +80,7 @@ class _Capture:
         except OSError:
             chunk = b""
         if not chunk:
-            self.eof = True
-            if self.redactor is not None:
-                self._keep(self.redactor.flush())
+            self.eof = True  # what the redactor holds back goes out in finish()
             return
         if self.kept >= self.limit:  # all of it is discarded: no need to redact it first
             self.truncated = True
@@ -110,8 +108,8 @@ class _Capture:
             self.read()
 
     def finish(self) -> None:
-        """The pipe is done with (maybe without reaching its end): release what the
-        redactor holds back."""
+        """The pipe is done with (at its end or not): release what the redactor holds back,
+        before the outcome is answered."""
         if self.redactor is not None:
             self._keep(self.redactor.flush())
 
